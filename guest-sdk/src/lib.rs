@@ -1,0 +1,2 @@
+//! Guest SDK (being written).
+#![no_std]

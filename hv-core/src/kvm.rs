@@ -1,0 +1,1 @@
+//! KVM platform (being written).

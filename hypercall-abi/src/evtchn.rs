@@ -1,0 +1,88 @@
+//! Event channels: `evtchn_op(cmd, a1, a2, a3)` with `cmd` in `rdi` and the arguments in
+//! `rsi`, `rdx`, `r10`.
+//!
+//! A port is a number in `1 .. NR_EVENT_CHANNELS`; port 0 is never valid. Each open port is
+//! bound to one vCPU, which its events are delivered to (see [`crate::shared_info`]).
+//!
+//! Delivery semantics:
+//! - events coalesce: sending to a port whose pending bit is already set changes nothing;
+//! - a masked port still becomes pending, but raises no upcall; `unmask` of a pending port
+//!   raises it then;
+//! - closing a port clears its pending bit; a later `send` on it fails with `EINVAL`.
+
+use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// An event channel port number.
+pub type Port = u32;
+
+/// `bind_virq(virq, vcpu) -> port`: bind a virtual interrupt on a vCPU to a new port.
+/// `EINVAL` for an unknown VIRQ, `ESRCH` for a vCPU that does not exist, `EEXIST` if that VIRQ
+/// is already bound on that vCPU, `ENOSPC` if no port is free.
+pub const BIND_VIRQ: u64 = 0;
+/// `bind_ipi(vcpu) -> port`: a port whose events go to `vcpu` of the caller's domain.
+/// `ESRCH` for a vCPU that does not exist, `ENOSPC` if no port is free.
+pub const BIND_IPI: u64 = 1;
+/// `send(port)`: raise an event on the port's peer: the vCPU of an IPI port, or the backend of
+/// the console port. `EINVAL` for a port that is not open or is a VIRQ port.
+pub const SEND: u64 = 2;
+/// `close(port)`: free the port. `EINVAL` for a port that is not open, `EPERM` for the console
+/// port (it belongs to the hypervisor).
+pub const CLOSE: u64 = 3;
+/// `status(port, gpa)`: write an [`EvtchnStatus`] at `gpa`. `EINVAL` for port 0 or out of range,
+/// `EFAULT` if `gpa` is not in the caller's RAM. A free port reports [`state::FREE`].
+pub const STATUS: u64 = 4;
+/// `mask(port)`: set the port's mask bit. `EINVAL` for a port that is not open.
+pub const MASK: u64 = 5;
+/// `unmask(port)`: clear the port's mask bit, and deliver it if it is pending.
+/// `EINVAL` for a port that is not open.
+pub const UNMASK: u64 = 6;
+
+/// Virtual interrupts (the `virq` of [`BIND_VIRQ`]).
+pub mod virq {
+    /// The vCPU's one-shot timer (`set_timer`) fired. Per vCPU.
+    pub const TIMER: u32 = 0;
+    /// Debug: raised by the hypervisor when its operator asks for a dump (`SIGUSR1` to `hv`).
+    pub const DEBUG: u32 = 1;
+    /// Number of VIRQs defined.
+    pub const COUNT: u32 = 2;
+}
+
+/// Port states reported by [`STATUS`] ([`EvtchnStatus::state`]).
+pub mod state {
+    /// Not in use.
+    pub const FREE: u32 = 0;
+    /// Bound to a VIRQ.
+    pub const VIRQ: u32 = 1;
+    /// An IPI port.
+    pub const IPI: u32 = 2;
+    /// Connected to a backend the hypervisor hosts (the console).
+    pub const HV_BACKEND: u32 = 3;
+}
+
+/// The status of a port, written by [`STATUS`].
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct EvtchnStatus {
+    /// The port asked about.
+    pub port: u32,
+    /// One of [`state`].
+    pub state: u32,
+    /// The vCPU the port's events go to.
+    pub vcpu: u32,
+    /// The VIRQ, for [`state::VIRQ`]; otherwise 0.
+    pub virq: u32,
+    /// The peer domain for [`state::HV_BACKEND`] ([`crate::DOMID_HV`]); otherwise 0.
+    pub remote_domid: u32,
+    /// 1 if the port's pending bit is set.
+    pub pending: u8,
+    /// 1 if the port's mask bit is set.
+    pub masked: u8,
+    /// Reserved, zero.
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EvtchnStatus>() == 24);
+const _: () = assert!(offset_of!(EvtchnStatus, remote_domid) == 16);
+const _: () = assert!(offset_of!(EvtchnStatus, pending) == 20);
