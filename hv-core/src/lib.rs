@@ -1,10 +1,27 @@
 //! `hv-core`: the hypervisor. Domains on Linux KVM that run paravirtualized guest kernels at CPL 3
 //! and serve their hypercalls.
 //!
-//! Layers, bottom up: [`kvm`] (the only module that touches KVM), [`x86`] (the CPU tables the hv
-//! owns for each guest: page tables, GDT, IDT, TSS), then domains, memory, hypercall dispatch,
-//! event channels, scheduling and time, and the console; the `hv` CLI sits on top.
+//! Layers, bottom up:
+//! - [`kvm`] — the only module that touches KVM;
+//! - [`x86`] — the CPU tables the hv owns for each guest (page tables, GDT, IDT, TSS);
+//! - [`memory`], [`layout`], [`loader`] — guest RAM with checked access, where things go in it,
+//!   and the guest image;
+//! - [`evtchn`], [`console`], [`time`], [`stats`] — event channel ports, the console backend,
+//!   system time and pvclock, counters;
+//! - [`domain`] — a domain's shared state and event delivery; [`hypercall`] — the dispatcher;
+//! - [`vcpu`] — the vCPU run loop; [`vmm`] — building and running domains;
+//! - the `hv` CLI (`src/main.rs`) on top, with [`error`] giving each failure its exit code.
 #![deny(missing_docs)]
 
+pub mod console;
+pub mod domain;
+pub mod error;
+pub mod evtchn;
+pub mod hypercall;
 pub mod kvm;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+pub mod stats;
+pub mod time;
 pub mod x86;

@@ -1,0 +1,476 @@
+//! A domain: a guest's RAM, vCPU slots, event channels, timers, console and counters, shared by
+//! its vCPU threads and its timer thread.
+//!
+//! Event delivery lives here because it touches several of these at once: it follows the 2-level
+//! scheme documented in `hypercall_abi::shared_info` (pending bit, mask, selector, upcall
+//! pending, then wake or kick the target vCPU).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use hypercall_abi::evtchn::{virq, Port};
+use hypercall_abi::shared_info::{SharedInfo, VcpuInfo};
+use hypercall_abi::vcpu::VcpuContext;
+use hypercall_abi::{DomId, Errno};
+
+use crate::console::Console;
+use crate::evtchn::PortTable;
+use crate::layout::SHARED_INFO_GPA;
+use crate::loader::SymbolTable;
+use crate::memory::GuestRam;
+use crate::stats::Stats;
+use crate::time::Clock;
+
+/// Why a domain stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered off with this code.
+    Poweroff(u8),
+    /// The guest crashed; the text says how.
+    Crash(String),
+    /// The hv failed while running the domain.
+    HvError(String),
+}
+
+/// Writes the IDT gates a guest asks for (implemented over the hv region; a recorder in tests).
+pub trait Gates: Send {
+    /// Routes `vector` to a guest handler at CPL 3, on IST `ist` (0 = current stack).
+    fn set_gate(&mut self, vector: u8, handler: u64, ist: u8);
+    /// Routes an exception vector back to the hv's crash stub (no guest handler).
+    fn set_crash_gate(&mut self, vector: u8);
+    /// Makes a non-exception vector not present.
+    fn clear_gate(&mut self, vector: u8);
+}
+
+/// Makes a running vCPU leave the guest promptly (implemented over KVM in [`crate::vcpu`]).
+pub trait Kick: Send + Sync {
+    /// Kicks the vCPU out of the guest, or makes its next entry return at once.
+    fn kick(&self);
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    up: bool,
+    waiting: bool,
+    start: Option<VcpuContext>,
+}
+
+/// The shared part of one vCPU.
+#[derive(Default)]
+pub struct VcpuSlot {
+    state: Mutex<SlotState>,
+    cond: Condvar,
+    kicker: OnceLock<Box<dyn Kick>>,
+}
+
+thread_local! {
+    /// The (domain, vCPU) the current thread runs, so a vCPU raising an event for itself does
+    /// not kick itself.
+    static ON_VCPU: Cell<Option<(DomId, u32)>> = const { Cell::new(None) };
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a new domain is made of.
+pub struct DomainParts {
+    /// Domain id.
+    pub id: DomId,
+    /// Name for reports.
+    pub name: String,
+    /// Its RAM.
+    pub ram: GuestRam,
+    /// vCPU count.
+    pub nr_vcpus: u32,
+    /// Symbols of its image.
+    pub symbols: SymbolTable,
+    /// The hv clock.
+    pub clock: Arc<Clock>,
+    /// Its port table (with the console port already bound).
+    pub ports: PortTable,
+    /// The console port.
+    pub console_port: Port,
+    /// The console backend.
+    pub console: Console,
+    /// The IDT writer.
+    pub gates: Box<dyn Gates>,
+}
+
+/// A running domain.
+pub struct Domain {
+    /// Domain id.
+    pub id: DomId,
+    /// Name for reports.
+    pub name: String,
+    /// Its RAM.
+    pub ram: GuestRam,
+    /// vCPU count.
+    pub nr_vcpus: u32,
+    /// Symbols of its image, for crash reports.
+    pub symbols: SymbolTable,
+    /// The hv clock.
+    pub clock: Arc<Clock>,
+    /// Counters.
+    pub stats: Stats,
+    /// The console port.
+    pub console_port: Port,
+    ports: Mutex<PortTable>,
+    console: Mutex<Console>,
+    gates: Mutex<Box<dyn Gates>>,
+    callback: AtomicU64,
+    vcpus: Vec<VcpuSlot>,
+    timers: Mutex<Vec<Option<u64>>>,
+    timer_cond: Condvar,
+    stop: Mutex<Option<StopReason>>,
+    stopping: AtomicBool,
+    polling: AtomicU32,
+}
+
+impl Domain {
+    /// Assembles a domain; vCPU 0 is up, the others down.
+    pub fn new(p: DomainParts) -> Domain {
+        let vcpus: Vec<VcpuSlot> = (0..p.nr_vcpus).map(|_| VcpuSlot::default()).collect();
+        lock(&vcpus[0].state).up = true;
+        Domain {
+            id: p.id,
+            name: p.name,
+            ram: p.ram,
+            nr_vcpus: p.nr_vcpus,
+            symbols: p.symbols,
+            clock: p.clock,
+            stats: Stats::default(),
+            console_port: p.console_port,
+            ports: Mutex::new(p.ports),
+            console: Mutex::new(p.console),
+            gates: Mutex::new(p.gates),
+            callback: AtomicU64::new(0),
+            vcpus,
+            timers: Mutex::new(vec![None; p.nr_vcpus as usize]),
+            timer_cond: Condvar::new(),
+            stop: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            polling: AtomicU32::new(0),
+        }
+    }
+
+    /// The port table.
+    pub fn ports(&self) -> MutexGuard<'_, PortTable> {
+        lock(&self.ports)
+    }
+
+    /// The console backend.
+    pub fn console(&self) -> MutexGuard<'_, Console> {
+        lock(&self.console)
+    }
+
+    /// The IDT writer.
+    pub fn gates(&self) -> MutexGuard<'_, Box<dyn Gates>> {
+        lock(&self.gates)
+    }
+
+    // ---- shared info ----
+
+    fn si_u8(&self, off: usize) -> &AtomicU8 {
+        self.ram
+            .atomic_u8(SHARED_INFO_GPA + off as u64)
+            .expect("the shared-info page is inside RAM (RAM is at least MIN_MEM)")
+    }
+
+    fn si_u64(&self, off: usize) -> &AtomicU64 {
+        self.ram
+            .atomic_u64(SHARED_INFO_GPA + off as u64)
+            .expect("the shared-info page is inside RAM (RAM is at least MIN_MEM)")
+    }
+
+    /// `vcpu_info[v].upcall_pending`.
+    pub fn upcall_pending(&self, v: u32) -> &AtomicU8 {
+        self.si_u8(SharedInfo::vcpu_info_offset(v))
+    }
+
+    /// `vcpu_info[v].upcall_mask`.
+    pub fn upcall_mask(&self, v: u32) -> &AtomicU8 {
+        self.si_u8(SharedInfo::vcpu_info_offset(v) + std::mem::offset_of!(VcpuInfo, upcall_mask))
+    }
+
+    fn pending_sel(&self, v: u32) -> &AtomicU64 {
+        self.si_u64(SharedInfo::vcpu_info_offset(v) + std::mem::offset_of!(VcpuInfo, pending_sel))
+    }
+
+    fn pending_word(&self, port: Port) -> &AtomicU64 {
+        self.si_u64(SharedInfo::pending_word_offset(port))
+    }
+
+    fn mask_word(&self, port: Port) -> &AtomicU64 {
+        self.si_u64(SharedInfo::mask_word_offset(port))
+    }
+
+    /// Is the port's pending bit set?
+    pub fn is_pending(&self, port: Port) -> bool {
+        self.pending_word(port).load(SeqCst) & (1 << (port % 64)) != 0
+    }
+
+    /// Is the port's mask bit set?
+    pub fn is_masked(&self, port: Port) -> bool {
+        self.mask_word(port).load(SeqCst) & (1 << (port % 64)) != 0
+    }
+
+    /// Clears the port's pending and mask bits (a port being opened or closed).
+    pub fn reset_port_bits(&self, port: Port) {
+        let bit = 1u64 << (port % 64);
+        self.pending_word(port).fetch_and(!bit, SeqCst);
+        self.mask_word(port).fetch_and(!bit, SeqCst);
+    }
+
+    /// Sets the port's mask bit.
+    pub fn mask(&self, port: Port) {
+        self.mask_word(port).fetch_or(1 << (port % 64), SeqCst);
+    }
+
+    /// Clears the port's mask bit and raises the upcall if it is pending.
+    pub fn unmask(&self, port: Port, vcpu: u32) {
+        let bit = 1u64 << (port % 64);
+        self.mask_word(port).fetch_and(!bit, SeqCst);
+        if self.pending_word(port).load(SeqCst) & bit != 0 {
+            self.raise_upcall(vcpu, port / 64);
+        }
+    }
+
+    /// Delivers an event on `port` to `vcpu` (the 2-level scheme).
+    pub fn deliver(&self, port: Port, vcpu: u32) {
+        let bit = 1u64 << (port % 64);
+        if self.pending_word(port).fetch_or(bit, SeqCst) & bit != 0 {
+            return; // already pending: events coalesce
+        }
+        if self.polling.load(SeqCst) > 0 {
+            self.wake_pollers();
+        }
+        if self.mask_word(port).load(SeqCst) & bit != 0 {
+            return;
+        }
+        self.raise_upcall(vcpu, port / 64);
+    }
+
+    fn raise_upcall(&self, vcpu: u32, word: u32) {
+        self.pending_sel(vcpu).fetch_or(1 << word, SeqCst);
+        self.upcall_pending(vcpu).store(1, SeqCst);
+        self.wake(vcpu);
+    }
+
+    /// Wakes `vcpu` if it waits, or kicks it if it runs and can take an upcall now.
+    fn wake(&self, vcpu: u32) {
+        let Some(slot) = self.vcpus.get(vcpu as usize) else {
+            return;
+        };
+        let st = lock(&slot.state);
+        if st.waiting {
+            slot.cond.notify_all();
+        } else if st.up
+            && self.callback() != 0
+            && self.upcall_mask(vcpu).load(SeqCst) == 0
+            && ON_VCPU.get() != Some((self.id, vcpu))
+        {
+            if let Some(k) = slot.kicker.get() {
+                k.kick();
+            }
+        }
+    }
+
+    fn wake_pollers(&self) {
+        for slot in &self.vcpus {
+            let st = lock(&slot.state);
+            if st.waiting {
+                slot.cond.notify_all();
+            }
+        }
+    }
+
+    // ---- upcall callback ----
+
+    /// The registered upcall entry point (0: none).
+    pub fn callback(&self) -> u64 {
+        self.callback.load(SeqCst)
+    }
+
+    /// Registers the upcall entry point.
+    pub fn set_callback(&self, handler: u64) {
+        self.callback.store(handler, SeqCst);
+    }
+
+    // ---- vCPU slots ----
+
+    /// Marks the calling thread as running `vcpu` of this domain and installs its kicker.
+    pub fn attach_vcpu_thread(&self, vcpu: u32, kicker: Box<dyn Kick>) {
+        ON_VCPU.set(Some((self.id, vcpu)));
+        let _ = self.vcpus[vcpu as usize].kicker.set(kicker);
+    }
+
+    /// Is the vCPU up?
+    pub fn vcpu_is_up(&self, vcpu: u32) -> bool {
+        self.vcpus
+            .get(vcpu as usize)
+            .is_some_and(|s| lock(&s.state).up)
+    }
+
+    /// Starts a down vCPU with `ctx`: `EBUSY` if it is up.
+    pub fn start_vcpu(&self, vcpu: u32, ctx: VcpuContext) -> Result<(), Errno> {
+        let slot = self.vcpus.get(vcpu as usize).ok_or(Errno::ESRCH)?;
+        let mut st = lock(&slot.state);
+        if st.up {
+            return Err(Errno::EBUSY);
+        }
+        st.up = true;
+        st.start = Some(ctx);
+        slot.cond.notify_all();
+        Ok(())
+    }
+
+    /// Blocks a secondary vCPU's thread until `vcpu_op(up)` starts it (`None`: the domain stopped).
+    pub fn wait_for_start(&self, vcpu: u32) -> Option<VcpuContext> {
+        let slot = &self.vcpus[vcpu as usize];
+        let mut st = lock(&slot.state);
+        loop {
+            if self.is_stopping() {
+                return None;
+            }
+            if let Some(ctx) = st.start.take() {
+                return Some(ctx);
+            }
+            st = slot.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Sleeps the calling vCPU until `ready()` holds, the domain stops, or `deadline` (system ns)
+    /// passes. Returns whether `ready()` held.
+    pub fn wait(
+        &self,
+        vcpu: u32,
+        deadline: Option<u64>,
+        poll: bool,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        let slot = &self.vcpus[vcpu as usize];
+        let mut st = lock(&slot.state);
+        st.waiting = true;
+        if poll {
+            self.polling.fetch_add(1, SeqCst);
+        }
+        let ok = loop {
+            if ready() {
+                break true;
+            }
+            if self.is_stopping() {
+                break false;
+            }
+            let now = self.clock.now_ns();
+            st = match deadline {
+                Some(d) if d <= now => break false,
+                Some(d) => {
+                    slot.cond
+                        .wait_timeout(st, Duration::from_nanos(d - now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => slot.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        };
+        st.waiting = false;
+        if poll {
+            self.polling.fetch_sub(1, SeqCst);
+        }
+        ok
+    }
+
+    // ---- timers ----
+
+    /// Arms (`Some`) or cancels (`None`) a vCPU's one-shot timer.
+    pub fn set_timer(&self, vcpu: u32, deadline: Option<u64>) {
+        lock(&self.timers)[vcpu as usize] = deadline;
+        self.timer_cond.notify_all();
+    }
+
+    /// The timer thread's body: fires VIRQ_TIMER on each vCPU whose deadline passed, until the
+    /// domain stops.
+    pub fn run_timers(&self) {
+        let mut t = lock(&self.timers);
+        loop {
+            if self.is_stopping() {
+                return;
+            }
+            let now = self.clock.now_ns();
+            let fired: Vec<u32> = t
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(v, d)| match *d {
+                    Some(dl) if dl <= now => {
+                        *d = None;
+                        Some(v as u32)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !fired.is_empty() {
+                drop(t);
+                for v in fired {
+                    self.fire_timer(v);
+                }
+                t = lock(&self.timers);
+                continue;
+            }
+            t = match t.iter().flatten().min() {
+                None => self.timer_cond.wait(t).unwrap_or_else(|e| e.into_inner()),
+                Some(&d) => {
+                    self.timer_cond
+                        .wait_timeout(t, Duration::from_nanos(d - now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Delivers VIRQ_TIMER to `vcpu` if it is bound there.
+    pub fn fire_timer(&self, vcpu: u32) {
+        let port = self.ports().virq_port(virq::TIMER, vcpu);
+        if let Some(port) = port {
+            self.deliver(port, vcpu);
+        }
+    }
+
+    // ---- stopping ----
+
+    /// Has the domain been told to stop?
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(SeqCst)
+    }
+
+    /// Why the domain stopped, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        lock(&self.stop).clone()
+    }
+
+    /// Stops the domain (the first reason wins) and wakes every thread of it.
+    pub fn stop(&self, reason: StopReason) {
+        {
+            let mut s = lock(&self.stop);
+            if s.is_none() {
+                *s = Some(reason);
+            }
+        }
+        self.stopping.store(true, SeqCst);
+        {
+            let _t = lock(&self.timers);
+            self.timer_cond.notify_all();
+        }
+        for slot in &self.vcpus {
+            let _st = lock(&slot.state);
+            slot.cond.notify_all();
+            if let Some(k) = slot.kicker.get() {
+                k.kick();
+            }
+        }
+    }
+}
