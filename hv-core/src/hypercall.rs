@@ -98,7 +98,10 @@ fn console_write(dom: &Domain, gpa: u64, len: u64) -> HcResult {
     }
     let mut buf = vec![0u8; len as usize];
     dom.ram.read(gpa, &mut buf)?;
-    dom.console().write_early(&buf);
+    let mut console = dom.console();
+    // What the guest already put in the ring comes first, so output stays in order.
+    console.drain(&dom.ram);
+    console.write_early(&buf);
     ret(len)
 }
 

@@ -71,7 +71,7 @@ fn domain(nr_vcpus: u32) -> T {
         ram: GuestRam::new(MEM).unwrap(),
         nr_vcpus,
         symbols: SymbolTable::default(),
-        clock: Arc::new(Clock::new(1_000_000_000)),
+        clock: Arc::new(Clock::new()),
         ports,
         console_port,
         console: Console::new(CONSOLE_RING_GPA, Box::new(out.clone())),

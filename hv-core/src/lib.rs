@@ -24,4 +24,6 @@ pub mod loader;
 pub mod memory;
 pub mod stats;
 pub mod time;
+pub mod vcpu;
+pub mod vmm;
 pub mod x86;

@@ -208,8 +208,10 @@ impl GuestImage {
                 PT_NOTE => {
                     let bytes = slice(data, ph.offset, ph.filesz)
                         .ok_or_else(|| malformed("note segment outside the file"))?;
-                    if let Some(n) = find_abi_note(bytes) {
-                        note = Some(n);
+                    match (find_abi_note(bytes), note) {
+                        (Some(_), Some(_)) => return Err(malformed("more than one hv ABI note")),
+                        (Some(n), None) => note = Some(n),
+                        (None, _) => {}
                     }
                 }
                 PT_LOAD if ph.memsz > 0 => {
@@ -233,6 +235,9 @@ impl GuestImage {
             }
         }
         let note = note.ok_or_else(|| ImageError::NoAbiNote { path: p() })?;
+        if note.reserved != 0 {
+            return Err(malformed("the ABI note's reserved field is not zero"));
+        }
         if note.major != ABI_MAJOR {
             return Err(ImageError::AbiMajor {
                 path: p(),
@@ -255,6 +260,12 @@ impl GuestImage {
             return Err(malformed("no loadable segment"));
         }
         segments.sort_by_key(|s| s.addr);
+        if !segments
+            .iter()
+            .any(|s| s.executable && (s.addr..s.addr + s.mem_size).contains(&eh.entry))
+        {
+            return Err(malformed("the entry point is not in an executable segment"));
+        }
         if segments
             .windows(2)
             .any(|w| w[0].addr + w[0].mem_size > w[1].addr)
