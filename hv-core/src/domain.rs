@@ -434,7 +434,12 @@ impl Domain {
 
     /// Delivers VIRQ_TIMER to `vcpu` if it is bound there.
     pub fn fire_timer(&self, vcpu: u32) {
-        let port = self.ports().virq_port(virq::TIMER, vcpu);
+        self.fire_virq(virq::TIMER, vcpu);
+    }
+
+    /// Delivers a VIRQ to `vcpu` if it is bound there.
+    pub fn fire_virq(&self, v: u32, vcpu: u32) {
+        let port = self.ports().virq_port(v, vcpu);
         if let Some(port) = port {
             self.deliver(port, vcpu);
         }

@@ -117,19 +117,25 @@ impl Kvm {
             path: path.to_owned(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
-        kvm_ioctls::Kvm::new_with_path(&c_path)
-            .map(|kvm| Self { kvm })
-            .map_err(|e| {
-                let path = path.to_owned();
-                match e.errno() {
-                    libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NotFound { path },
-                    libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path },
-                    _ => KvmError::Open {
-                        path,
-                        source: e.into(),
-                    },
-                }
-            })
+        let kvm = kvm_ioctls::Kvm::new_with_path(&c_path).map_err(|e| {
+            let path = path.to_owned();
+            match e.errno() {
+                libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NotFound { path },
+                libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path },
+                _ => KvmError::Open {
+                    path,
+                    source: e.into(),
+                },
+            }
+        })?;
+        // The stable API version is 12 since Linux 2.6.22; anything else is not KVM.
+        if kvm.get_api_version() != 12 {
+            return Err(KvmError::Open {
+                path: path.to_owned(),
+                source: io::Error::other("not a KVM device (KVM_GET_API_VERSION != 12)"),
+            });
+        }
+        Ok(Self { kvm })
     }
 
     /// Maximum number of vCPUs per VM.
@@ -415,7 +421,9 @@ impl Vcpu {
             let err = errno::Error::last();
             if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN {
                 self.clear_immediate_exit();
-                self.kick.pending.store(false, Ordering::SeqCst);
+                // A swap, not a store: reading a concurrent kicker's `true` orders its state
+                // before our return, so the caller sees it.
+                self.kick.pending.swap(false, Ordering::SeqCst);
                 return Ok(Exit::Interrupted);
             }
             return Err(KvmError::Ioctl {
@@ -727,7 +735,13 @@ impl Drop for RunRegistration<'_> {
     }
 }
 
-/// Makes a vCPU leave `KVM_RUN` (see [`Kicker::kick`]). Cheap to clone; usable from any thread.
+/// Makes a vCPU leave `KVM_RUN`. Cheap to clone; usable from any thread ([`Vcpu::kicker`]).
+///
+/// Contract: the kicking thread first publishes whatever the vCPU must notice (a pending
+/// event, a stop request), then calls [`Kicker::kick`]; the vCPU thread re-checks that state
+/// after every exit of [`Vcpu::run`], in particular [`Exit::Interrupted`]. Then no wake-up is
+/// lost, whether the kick lands inside `KVM_RUN`, between two runs, or before the first one.
+/// The signal used is [`kick_signal`]; it must not be blocked in vCPU threads.
 #[derive(Clone)]
 pub struct Kicker {
     state: Arc<KickState>,

@@ -51,8 +51,54 @@ enum Command {
     },
 }
 
+/// `SIGUSR1` asks for a dump: `hv` prints the domain's counters and raises `VIRQ_DEBUG` on every
+/// vCPU that bound it.
+mod debug_signal {
+    use std::sync::Arc;
+
+    use hv_core::domain::Domain;
+    use hypercall_abi::evtchn::virq;
+
+    fn sigusr1_set() -> libc::sigset_t {
+        // SAFETY: sigemptyset/sigaddset initialise the set we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            set
+        }
+    }
+
+    /// Blocks `SIGUSR1` in this thread and so in every thread it starts later; call first.
+    pub fn block() {
+        let set = sigusr1_set();
+        // SAFETY: `set` is a valid signal set; the old mask is not needed.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    }
+
+    /// Starts a thread that serves `SIGUSR1` for `domain` until the process ends.
+    pub fn watch(domain: Arc<Domain>) {
+        let _ = std::thread::Builder::new()
+            .name("debug-signal".into())
+            .spawn(move || loop {
+                let set = sigusr1_set();
+                let mut sig = 0;
+                // SAFETY: `set` and `sig` are valid; SIGUSR1 is blocked in every thread, so
+                // sigwait is the only consumer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    return;
+                }
+                eprint!("{}", domain.stats.report(&domain.name));
+                for v in 0..domain.nr_vcpus {
+                    domain.fire_virq(virq::DEBUG, v);
+                }
+            });
+    }
+}
+
 fn main() -> ExitCode {
     let start = std::time::Instant::now();
+    debug_signal::block();
     let clock = Arc::new(Clock::new());
     let cli = Cli::parse();
     match cli.command {
@@ -132,6 +178,7 @@ fn run(
     };
     let running = start_domain(&kvm, clock, 1, cfg, Box::new(std::io::stdout()))?;
     let domain = Arc::clone(&running.domain);
+    debug_signal::watch(Arc::clone(&domain));
     let reason = running.wait();
     if stats {
         eprint!("{}", domain.stats.report(&name));

@@ -9,7 +9,7 @@ use hypercall_abi::{Errno, CRASH_PORT, HYPERCALL_PORT, PING_PORT};
 
 use crate::domain::{Domain, Kick, StopReason};
 use crate::hypercall::{dispatch, Action, Call, VcpuCtl};
-use crate::kvm::{BootState, Exit, Kicker, Vcpu};
+use crate::kvm::{BootState, Exit, Kicker, KvmError, Vcpu};
 use crate::stats::ExitReason;
 use crate::x86::{CrashFrame, HvRegionLayout, CRASH_FRAME_SIZE};
 
@@ -134,15 +134,19 @@ impl VcpuThread {
             return Ok(());
         }
         if self.vcpu.ready_for_injection() {
-            dom.upcall_mask(id).store(1, SeqCst);
-            self.vcpu
-                .inject(UPCALL_VECTOR)
-                .map_err(|e| StopReason::HvError(format!("vCPU {id}: {e}")))?;
-            dom.stats.injection();
-            self.vcpu.request_interrupt_window(false);
-        } else {
-            self.vcpu.request_interrupt_window(true);
+            match self.vcpu.inject(UPCALL_VECTOR) {
+                Ok(()) => {
+                    dom.upcall_mask(id).store(1, SeqCst);
+                    dom.stats.injection();
+                    self.vcpu.request_interrupt_window(false);
+                    return Ok(());
+                }
+                // One injection is still on its way in; ask for the window and try again.
+                Err(KvmError::InjectionPending) => {}
+                Err(e) => return Err(StopReason::HvError(format!("vCPU {id}: {e}"))),
+            }
         }
+        self.vcpu.request_interrupt_window(true);
         Ok(())
     }
 

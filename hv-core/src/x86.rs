@@ -436,6 +436,10 @@ fn is_canonical(va: u64) -> bool {
 }
 
 /// Writes the hv-owned tables into `mem`, a buffer laid out as the hv region.
+///
+/// It takes `&mut [u8]`, so use it while no vCPU of the domain runs (or on a buffer that is then
+/// copied in). To change a gate of a live IDT, write [`trap_gate`]'s 16 bytes (or zeroes) at
+/// [`HvTables::gate_offset`] through the hv's guest-memory accessor instead.
 pub struct HvTables<'a> {
     mem: &'a mut [u8],
     layout: HvRegionLayout,

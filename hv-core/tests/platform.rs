@@ -218,6 +218,8 @@ fn open_errors_are_typed() {
         .err()
         .expect("no such device");
     assert!(matches!(err, KvmError::NotFound { .. }), "{err}");
+    let err = Kvm::open(Path::new("/dev/null")).err().expect("not KVM");
+    assert!(matches!(err, KvmError::Open { .. }), "{err}");
 }
 
 #[test]
