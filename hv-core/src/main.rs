@@ -37,10 +37,20 @@ enum Command {
         /// The guest image.
         guest: PathBuf,
         /// Guest RAM: bytes, or with a K, M or G suffix.
-        #[arg(long, default_value = "64M", value_name = "SIZE", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            default_value = "64M",
+            value_name = "SIZE",
+            allow_hyphen_values = true
+        )]
         mem: String,
         /// Number of vCPUs (vCPU 0 starts; the guest starts others with vcpu_op(up)).
-        #[arg(long, default_value = "1", value_name = "N", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            default_value = "1",
+            value_name = "N",
+            allow_hyphen_values = true
+        )]
         vcpus: String,
         /// Command line passed to the guest in StartInfo.
         #[arg(long, default_value = "", value_name = "STR")]
@@ -182,7 +192,10 @@ fn run(
     let reason = running.wait();
     if stats {
         eprint!("{}", domain.stats.report(&name));
-        eprintln!("  hv run time {:>20.3} ms", start.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "  hv run time {:>20.3} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(match reason {
         StopReason::Poweroff(code) => {

@@ -83,7 +83,7 @@ impl GuestRam {
     /// The `u64` at `gpa` (8-byte aligned, inside RAM) as an atomic shared with the guest.
     pub fn atomic_u64(&self, gpa: u64) -> Result<&AtomicU64, Errno> {
         self.check(gpa, 8)?;
-        if gpa % 8 != 0 {
+        if !gpa.is_multiple_of(8) {
             return Err(Errno::EFAULT);
         }
         // SAFETY: the 8 bytes are inside the mapping (checked above), which lives as long as
@@ -107,7 +107,7 @@ impl GuestRam {
 
     fn atomic_u32(&self, gpa: u64) -> Result<&std::sync::atomic::AtomicU32, Errno> {
         self.check(gpa, 4)?;
-        if gpa % 4 != 0 {
+        if !gpa.is_multiple_of(4) {
             return Err(Errno::EFAULT);
         }
         // SAFETY: the 4 bytes are inside the mapping (checked above), which lives as long as

@@ -79,12 +79,19 @@ impl VcpuThread {
                 .run()
                 .map_err(|e| StopReason::HvError(format!("vCPU {id}: {e}")))?;
             match exit {
-                Exit::IoOut { port: HYPERCALL_PORT, .. } => {
+                Exit::IoOut {
+                    port: HYPERCALL_PORT,
+                    ..
+                } => {
                     dom.stats.exit(ExitReason::Hypercall);
                     self.hypercall()?;
                 }
-                Exit::IoOut { port: PING_PORT, .. } => dom.stats.exit(ExitReason::PortIo),
-                Exit::IoOut { port: CRASH_PORT, .. } => {
+                Exit::IoOut {
+                    port: PING_PORT, ..
+                } => dom.stats.exit(ExitReason::PortIo),
+                Exit::IoOut {
+                    port: CRASH_PORT, ..
+                } => {
                     dom.stats.exit(ExitReason::Crash);
                     return Err(StopReason::Crash(self.crash_report()));
                 }
@@ -96,7 +103,9 @@ impl VcpuThread {
                 Exit::IrqWindowOpen => dom.stats.exit(ExitReason::IrqWindow),
                 Exit::Shutdown => {
                     dom.stats.exit(ExitReason::Shutdown);
-                    return Err(self.crash("triple fault (an exception while delivering an exception)".into()));
+                    return Err(self.crash(
+                        "triple fault (an exception while delivering an exception)".into(),
+                    ));
                 }
                 Exit::Hlt => {
                     dom.stats.exit(ExitReason::Halt);
@@ -104,11 +113,15 @@ impl VcpuThread {
                 }
                 Exit::MmioRead { addr, .. } | Exit::MmioWrite { addr, .. } => {
                     dom.stats.exit(ExitReason::Mmio);
-                    return Err(self.crash(format!("access to unbacked guest-physical address {addr:#x}")));
+                    return Err(self.crash(format!(
+                        "access to unbacked guest-physical address {addr:#x}"
+                    )));
                 }
                 Exit::FailEntry { reason } => {
                     dom.stats.exit(ExitReason::Other);
-                    return Err(self.crash(format!("KVM could not enter the guest (reason {reason:#x})")));
+                    return Err(self.crash(format!(
+                        "KVM could not enter the guest (reason {reason:#x})"
+                    )));
                 }
                 Exit::InternalError { suberror } => {
                     dom.stats.exit(ExitReason::Other);
@@ -164,7 +177,9 @@ impl VcpuThread {
                 0
             }
             Action::Poll { ports, deadline } => {
-                let hit = dom.wait(id, deadline, true, || ports.iter().any(|&p| dom.is_pending(p)));
+                let hit = dom.wait(id, deadline, true, || {
+                    ports.iter().any(|&p| dom.is_pending(p))
+                });
                 if hit || dom.is_stopping() {
                     0
                 } else {
@@ -179,7 +194,11 @@ impl VcpuThread {
 
     fn crash(&self, what: String) -> StopReason {
         let rip = self.vcpu.regs().rip;
-        StopReason::Crash(format!("vCPU {}: {what} at rip {rip:#x}{}", self.id, self.symbol(rip)))
+        StopReason::Crash(format!(
+            "vCPU {}: {what} at rip {rip:#x}{}",
+            self.id,
+            self.symbol(rip)
+        ))
     }
 
     fn symbol(&self, addr: u64) -> String {
@@ -209,10 +228,17 @@ impl VcpuThread {
             .ok()
             .and_then(|_| CrashFrame::parse(&bytes).ok());
         let Some(f) = frame else {
-            return format!("vCPU {}: unhandled exception (its frame is unreadable)", self.id);
+            return format!(
+                "vCPU {}: unhandled exception (its frame is unreadable)",
+                self.id
+            );
         };
         let v = f.vector as u8;
-        let mut s = format!("vCPU {}: unhandled {} (vector {v})", self.id, vector_name(v));
+        let mut s = format!(
+            "vCPU {}: unhandled {} (vector {v})",
+            self.id,
+            vector_name(v)
+        );
         if has_error_code(v) {
             s += &format!(", error code {:#x}", f.error_code);
         }

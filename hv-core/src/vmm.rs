@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 
-use hypercall_abi::start_info::{StartInfo, CMDLINE_MAX, MAX_MEM_REGIONS, START_INFO_MAGIC};
 use hypercall_abi::shared_info::SharedInfo;
+use hypercall_abi::start_info::{StartInfo, CMDLINE_MAX, MAX_MEM_REGIONS, START_INFO_MAGIC};
 use hypercall_abi::time::PvclockTimeInfo;
 use hypercall_abi::{DomId, ABI_MAJOR, ABI_MINOR, HYPERCALL_PORT, PING_PORT};
 use zerocopy::FromZeros;
@@ -119,15 +119,18 @@ pub fn start_domain(
     }
 
     // Guest RAM with the image loaded.
-    let ram = GuestRam::new(cfg.mem).map_err(|e| internal("allocating guest RAM")(e.to_string()))?;
+    let ram =
+        GuestRam::new(cfg.mem).map_err(|e| internal("allocating guest RAM")(e.to_string()))?;
     for seg in &cfg.image.segments {
         ram.write(seg.addr, &seg.data)
             .map_err(|_| internal("loading the image")("segment outside RAM".into()))?;
     }
 
     // The hv region: page tables, IDT, GDTs, TSSs, crash stubs.
-    let hv_layout = HvRegionLayout::new(cfg.mem, cfg.vcpus).map_err(|e| internal("hv region")(e.to_string()))?;
-    let region = GuestRam::new(hv_layout.size()).map_err(|e| internal("allocating the hv region")(e.to_string()))?;
+    let hv_layout = HvRegionLayout::new(cfg.mem, cfg.vcpus)
+        .map_err(|e| internal("hv region")(e.to_string()))?;
+    let region = GuestRam::new(hv_layout.size())
+        .map_err(|e| internal("allocating the hv region")(e.to_string()))?;
     let vcpu_tables: Vec<VcpuTables> = (0..cfg.vcpus)
         .map(|v| VcpuTables {
             alt_stack_top: layout::alt_stack_top(v),
@@ -135,7 +138,10 @@ pub fn start_domain(
             io_ports: vec![HYPERCALL_PORT, PING_PORT],
         })
         .collect();
-    let mut gates = IdtGates { region, layout: hv_layout };
+    let mut gates = IdtGates {
+        region,
+        layout: hv_layout,
+    };
     gates
         .with_tables(|t| t.build(&layout.user_ranges, &vcpu_tables))
         .ok_or_else(|| internal("hv region")("too small".into()))?

@@ -39,7 +39,12 @@ fn guest(name: &str) -> Option<PathBuf> {
 }
 
 fn kvm_ok() -> bool {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+    {
         true
     } else {
         !skip("/dev/kvm is not usable")
@@ -58,13 +63,20 @@ fn hv(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("run hv");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run hv");
     let r = Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    eprintln!("hv {args:?} -> {}\n--- stdout\n{}--- stderr\n{}", r.code, r.stdout, r.stderr);
+    eprintln!(
+        "hv {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
+        r.code, r.stdout, r.stderr
+    );
     r
 }
 
@@ -93,7 +105,9 @@ fn hello_boots_prints_and_powers_off() {
 
 #[test]
 fn demo_shows_banner_timer_and_event() {
-    let Some(r) = boot("demo", &["--cmdline", "from-test"]) else { return };
+    let Some(r) = boot("demo", &["--cmdline", "from-test"]) else {
+        return;
+    };
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("ABI 1.0"), "banner");
     assert!(r.stdout.contains("from-test"), "command line");
@@ -103,8 +117,15 @@ fn demo_shows_banner_timer_and_event() {
 
 #[test]
 fn conformance_suite_passes() {
-    let Some(r) = boot("conformance", &[]) else { return };
-    let last = r.stdout.lines().rev().find(|l| l.contains("passed")).unwrap_or("");
+    let Some(r) = boot("conformance", &[]) else {
+        return;
+    };
+    let last = r
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("passed"))
+        .unwrap_or("");
     assert!(last.ends_with(", 0 failed"), "closing line: {last:?}");
     assert!(!last.starts_with("0 passed"));
     assert_eq!(r.code, 0);
@@ -114,13 +135,17 @@ fn conformance_suite_passes() {
 fn guest_exit_code_becomes_hv_exit_code() {
     let Some(r) = testguest("exit=7") else { return };
     assert_eq!(r.code, 7);
-    let Some(r) = testguest("exit=63") else { return };
+    let Some(r) = testguest("exit=63") else {
+        return;
+    };
     assert_eq!(r.code, 63);
 }
 
 #[test]
 fn poweroff_code_above_63_is_refused() {
-    let Some(r) = testguest("shutdown-bad") else { return };
+    let Some(r) = testguest("shutdown-bad") else {
+        return;
+    };
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("shutdown-bad: EINVAL"));
 }
@@ -135,20 +160,36 @@ fn panic_is_reported_as_a_crash() {
 
 #[test]
 fn page_fault_without_handler_is_reported_with_vector_rip_and_symbol() {
-    let Some(r) = testguest("pagefault") else { return };
+    let Some(r) = testguest("pagefault") else {
+        return;
+    };
     assert_eq!(r.code, exit_code::GUEST_CRASHED as i32);
-    let line = r.stderr.lines().find(|l| l.contains("crashed")).expect("crash line");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("crashed"))
+        .expect("crash line");
     assert!(line.contains("#PF") && line.contains("vector 14"), "{line}");
-    assert!(line.contains("error code 0x6"), "write to a non-present page: {line}");
+    assert!(
+        line.contains("error code 0x6"),
+        "write to a non-present page: {line}"
+    );
     assert!(line.contains("fault address 0x10"), "{line}");
-    assert!(line.contains("at rip 0x") && line.contains(" <"), "rip and symbol: {line}");
+    assert!(
+        line.contains("at rip 0x") && line.contains(" <"),
+        "rip and symbol: {line}"
+    );
 }
 
 #[test]
 fn invalid_opcode_without_handler_is_reported() {
     let Some(r) = testguest("ud2") else { return };
     assert_eq!(r.code, exit_code::GUEST_CRASHED as i32);
-    let line = r.stderr.lines().find(|l| l.contains("crashed")).expect("crash line");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("crashed"))
+        .expect("crash line");
     assert!(line.contains("#UD") && line.contains("vector 6"), "{line}");
     assert!(line.contains(" <"), "symbol: {line}");
 }
@@ -176,7 +217,9 @@ fn hypercall_with_address_outside_ram_fails_efault_for_real() {
 
 #[test]
 fn stats_count_exits_and_hypercalls() {
-    let Some(r) = boot("hello", &["--stats"]) else { return };
+    let Some(r) = boot("hello", &["--stats"]) else {
+        return;
+    };
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("exit hypercall"), "{}", r.stderr);
     assert!(r.stderr.contains("sched_op"), "shutdown is a sched_op");
@@ -186,8 +229,17 @@ fn stats_count_exits_and_hypercalls() {
 
 fn assert_refused(r: &Run, code: u8, needle: &str) {
     assert_eq!(r.code, code as i32, "exit code");
-    assert_eq!(r.stderr.lines().count(), 1, "exactly one line: {:?}", r.stderr);
-    assert!(r.stderr.contains(needle), "{:?} should mention {needle:?}", r.stderr);
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "exactly one line: {:?}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(needle),
+        "{:?} should mention {needle:?}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"));
 }
 
@@ -228,11 +280,15 @@ fn not_an_elf() {
 
 #[test]
 fn not_x86_64() {
-    let Some(p) = patched_copy("hello", "aarch64", |b| b[18..20].copy_from_slice(&183u16.to_le_bytes())) else {
+    let Some(p) = patched_copy("hello", "aarch64", |b| {
+        b[18..20].copy_from_slice(&183u16.to_le_bytes())
+    }) else {
         return;
     };
     assert_refused(&run_path(&p, &[]), exit_code::WRONG_ARCH, "AArch64");
-    let Some(p) = patched_copy("hello", "elf32", |b| b[4] = 1) else { return };
+    let Some(p) = patched_copy("hello", "elf32", |b| b[4] = 1) else {
+        return;
+    };
     assert_refused(&run_path(&p, &[]), exit_code::WRONG_ARCH, "32-bit");
 }
 
@@ -268,14 +324,17 @@ fn image_larger_than_memory() {
         let phnum = u16::from_le_bytes(b[56..58].try_into().unwrap()) as usize;
         let last_load = (0..phnum)
             .map(|i| phoff + i * 56)
-            .filter(|&ph| u32::from_le_bytes(b[ph..ph + 4].try_into().unwrap()) == 1)
-            .last()
+            .rfind(|&ph| u32::from_le_bytes(b[ph..ph + 4].try_into().unwrap()) == 1)
             .expect("a PT_LOAD");
         b[last_load + 40..last_load + 48].copy_from_slice(&(100u64 << 20).to_le_bytes());
     }) else {
         return;
     };
-    assert_refused(&run_path(&p, &["--mem", "64M"]), exit_code::IMAGE_TOO_LARGE, "--mem");
+    assert_refused(
+        &run_path(&p, &["--mem", "64M"]),
+        exit_code::IMAGE_TOO_LARGE,
+        "--mem",
+    );
 }
 
 #[test]
@@ -304,6 +363,9 @@ fn command_line_too_long() {
 #[test]
 fn no_kvm_device() {
     let Some(g) = guest("hello") else { return };
-    let r = hv(&["run", g.to_str().unwrap()], &[("HV_KVM_DEVICE", "/nonexistent/kvm")]);
+    let r = hv(
+        &["run", g.to_str().unwrap()],
+        &[("HV_KVM_DEVICE", "/nonexistent/kvm")],
+    );
     assert_refused(&r, exit_code::KVM_MISSING, "/nonexistent/kvm");
 }
