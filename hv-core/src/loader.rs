@@ -119,7 +119,7 @@ impl SymbolTable {
         if off >= s.size.max(1) {
             return None;
         }
-        let name = rustc_demangle::demangle(&s.name).to_string();
+        let name = format!("{:#}", rustc_demangle::demangle(&s.name));
         Some(format!("{name}+{off:#x}"))
     }
 }
