@@ -1,1 +1,704 @@
-fn main() {}
+//! `cargo xtask`: builds, runs, tests and benchmarks the hypervisor and its guests.
+//!
+//! ```text
+//! cargo xtask build                       build the guests and hv (release)
+//! cargo xtask run GUEST [-- HV ARGS]      build, then `hv run GUEST [HV ARGS]`
+//! cargo xtask demo                        build and run the demo guest
+//! cargo xtask test                        build, run every test and the conformance suite
+//! cargo xtask conformance                 build and run the ABI conformance suite
+//! cargo xtask bench hypercall             hypercall vs bare exit, start-up times
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The target guests are built for.
+const GUEST_TARGET: &str = "x86_64-unknown-none";
+/// The guest binaries of `demo-guest`.
+const GUESTS: &[&str] = &["hello", "demo", "conformance", "testguest", "bench"];
+
+const USAGE: &str = "\
+usage: cargo xtask COMMAND
+
+commands:
+  build                      build the guests (x86_64-unknown-none) and hv, release
+  run GUEST [-- HV ARGS]     build, then `hv run GUEST [HV ARGS]`; GUEST is a guest name
+                             (hello, demo, conformance, testguest, bench) or an ELF path
+  demo                       build and run the demo guest
+  test                       build, `cargo test` (workspace default members), the SDK's
+                             tests, and the conformance suite
+  conformance                build and run the ABI conformance suite; needs `0 failed`
+  bench hypercall            null hypercall vs bare port exit, start-up times
+
+environment: HV_REQUIRE_KVM is passed on to the tests.";
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[OsString]) -> Result<ExitCode> {
+    let cmd = args.first().and_then(|a| a.to_str()).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    match cmd {
+        "build" => {
+            no_more_args(rest)?;
+            build()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "run" => {
+            let (guest, hv_args) = parse_run(rest)?;
+            build()?;
+            let status = run_hv(&guest_path(&guest)?, &hv_args)?;
+            Ok(exit_code(status))
+        }
+        "demo" => {
+            no_more_args(rest)?;
+            build()?;
+            let status = run_hv(&guest_path("demo")?, &[])?;
+            Ok(exit_code(status))
+        }
+        "test" => {
+            no_more_args(rest)?;
+            test()
+        }
+        "conformance" => {
+            no_more_args(rest)?;
+            build()?;
+            conformance()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "bench" => match rest.first().and_then(|a| a.to_str()) {
+            Some("hypercall") => {
+                no_more_args(&rest[1..])?;
+                build()?;
+                bench_hypercall()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(other) => Err(format!("unknown benchmark `{other}` (known: hypercall)")),
+            None => Err("`bench` needs a benchmark name (known: hypercall)".into()),
+        },
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    }
+}
+
+fn no_more_args(rest: &[OsString]) -> Result<()> {
+    match rest.first() {
+        None => Ok(()),
+        Some(a) => Err(format!(
+            "unexpected argument `{}`\n\n{USAGE}",
+            a.to_string_lossy()
+        )),
+    }
+}
+
+/// `run GUEST [-- HV ARGS]` (the `--` is optional: everything after GUEST goes to hv).
+fn parse_run(rest: &[OsString]) -> Result<(String, Vec<OsString>)> {
+    let guest = rest
+        .first()
+        .and_then(|a| a.to_str())
+        .ok_or_else(|| format!("`run` needs a guest\n\n{USAGE}"))?
+        .to_string();
+    let mut hv_args = &rest[1..];
+    if hv_args.first().is_some_and(|a| a == "--") {
+        hv_args = &hv_args[1..];
+    }
+    Ok((guest, hv_args.to_vec()))
+}
+
+/// The workspace root (xtask lives in `ROOT/xtask`).
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the root) or `ROOT/target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
+fn guest_dir() -> PathBuf {
+    target_dir().join(GUEST_TARGET).join("release")
+}
+
+fn hv_bin() -> PathBuf {
+    target_dir().join("release").join("hv")
+}
+
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command to completion with inherited stdio; an error if it fails.
+fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({})", describe_status(status)))
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// The process exit code for a child's status (128 + signal if it was killed).
+fn exit_code(status: ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Installs the guest target with rustup if the toolchain does not have it.
+fn ensure_guest_target() -> Result<()> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot
+        .join("lib/rustlib")
+        .join(GUEST_TARGET)
+        .join("lib")
+        .is_dir()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: the {GUEST_TARGET} target is missing: installing it (rustup target add {GUEST_TARGET})"
+    );
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", GUEST_TARGET])
+        .current_dir(root());
+    run_checked(cmd, "rustup target add")
+        .map_err(|e| format!("{e}; install the target by hand: rustup target add {GUEST_TARGET}"))
+}
+
+/// `cargo xtask build`: the guests for x86_64-unknown-none, then hv, both release.
+fn build() -> Result<()> {
+    ensure_guest_target()?;
+    let mut guests = cargo();
+    guests.args([
+        "build",
+        "--release",
+        "-p",
+        "demo-guest",
+        "--target",
+        GUEST_TARGET,
+    ]);
+    keep_guest_rustflags(&mut guests);
+    run_checked(guests, "building the guests")?;
+    for g in GUESTS {
+        check_guest_elf(&guest_dir().join(g))?;
+    }
+    let mut hv = cargo();
+    hv.args(["build", "--release", "-p", "hv-core"]);
+    run_checked(hv, "building hv")
+}
+
+/// The flags guests need (see `.cargo/config.toml`): the SDK's linker script, no PIE.
+const GUEST_RUSTFLAGS: [&str; 4] = ["-C", "link-arg=-Tguest.ld", "-C", "relocation-model=static"];
+
+/// `RUSTFLAGS` (or `CARGO_ENCODED_RUSTFLAGS`) replaces the target's rustflags from
+/// `.cargo/config.toml` rather than adding to them; if one is set, add the guest flags to it.
+fn keep_guest_rustflags(cmd: &mut Command) {
+    if let Some(encoded) = std::env::var_os("CARGO_ENCODED_RUSTFLAGS") {
+        let mut v = encoded.into_string().unwrap_or_default();
+        for f in GUEST_RUSTFLAGS {
+            if !v.is_empty() {
+                v.push('\x1f');
+            }
+            v.push_str(f);
+        }
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", v);
+    } else if let Some(flags) = std::env::var_os("RUSTFLAGS") {
+        let mut v = flags.into_string().unwrap_or_default();
+        for f in GUEST_RUSTFLAGS {
+            v.push(' ');
+            v.push_str(f);
+        }
+        cmd.env("RUSTFLAGS", v);
+    }
+}
+
+/// Checks that a guest is what the hypervisor loads: a static x86_64 ELF64 executable
+/// (`ET_EXEC`, not a PIE) with a `PT_NOTE` segment carrying the `HVPV` ABI note.
+fn check_guest_elf(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bad = |why: &str| {
+        Err(format!(
+            "{} is not a loadable guest: {why} (are the guest rustflags of .cargo/config.toml in effect?)",
+            path.display()
+        ))
+    };
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+        return bad("not an ELF64 file");
+    }
+    if u16_at(16) != Some(2) {
+        return bad("not ET_EXEC (a PIE or a shared object?)");
+    }
+    if u16_at(18) != Some(0x3e) {
+        return bad("not x86_64");
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return bad("truncated header");
+    };
+    for i in 0..usize::from(phnum) {
+        let ph = phoff as usize + i * usize::from(phentsize);
+        if u32_at(ph) != Some(4) {
+            continue; // not PT_NOTE
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
+            return bad("truncated program header");
+        };
+        let note = bytes
+            .get(off as usize..(off + size) as usize)
+            .unwrap_or(&[]);
+        if note.len() >= 17 && &note[12..17] == b"HVPV\0" {
+            return Ok(());
+        }
+    }
+    bad("no PT_NOTE with the HVPV ABI note")
+}
+
+/// A guest name (`demo`) or a path to a guest ELF.
+fn guest_path(guest: &str) -> Result<PathBuf> {
+    let as_path = Path::new(guest);
+    if guest.contains('/') || (as_path.is_file() && !GUESTS.contains(&guest)) {
+        return if as_path.is_file() {
+            Ok(as_path.to_path_buf())
+        } else {
+            Err(format!("no guest ELF at {guest}"))
+        };
+    }
+    let p = guest_dir().join(guest);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "unknown guest `{guest}` (built guests: {}; or give a path to an ELF)",
+            GUESTS.join(", ")
+        ))
+    }
+}
+
+fn hv_command(guest: &Path, hv_args: &[OsString]) -> Result<Command> {
+    let hv = hv_bin();
+    if !hv.is_file() {
+        return Err(format!(
+            "{} is missing (did the hv build succeed?)",
+            hv.display()
+        ));
+    }
+    let mut cmd = Command::new(hv);
+    cmd.arg("run").arg(guest).args(hv_args);
+    Ok(cmd)
+}
+
+/// `hv run GUEST ARGS` with inherited stdio.
+fn run_hv(guest: &Path, hv_args: &[OsString]) -> Result<ExitStatus> {
+    hv_command(guest, hv_args)?
+        .status()
+        .map_err(|e| format!("cannot start hv: {e}"))
+}
+
+/// `hv run GUEST ARGS`, echoing and collecting its standard output.
+fn run_hv_captured(
+    guest: &Path,
+    hv_args: &[OsString],
+    echo: bool,
+) -> Result<(ExitStatus, Vec<String>)> {
+    let mut child = hv_command(guest, hv_args)?
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start hv: {e}"))?;
+    let mut lines = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let stdout = std::io::stdout();
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| format!("reading hv's output: {e}"))?;
+            if echo {
+                let mut o = stdout.lock();
+                let _ = writeln!(o, "{line}");
+            }
+            lines.push(line);
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for hv: {e}"))?;
+    Ok((status, lines))
+}
+
+/// `cargo xtask test`: every step runs; the command fails if any did.
+fn test() -> Result<ExitCode> {
+    build()?;
+    let guest_dir = guest_dir();
+    let hv = hv_bin();
+    let mut failures = Vec::new();
+
+    let mut host_tests = cargo();
+    host_tests
+        .arg("test")
+        .env("HV_GUEST_DIR", &guest_dir)
+        .env("HV_BIN", &hv);
+    if let Some(v) = std::env::var_os("HV_REQUIRE_KVM") {
+        host_tests.env("HV_REQUIRE_KVM", v);
+    }
+    eprintln!("xtask: cargo test (workspace default members)");
+    if let Err(e) = run_checked(host_tests, "cargo test") {
+        failures.push(e);
+    }
+
+    // guest-sdk is not a default member (it is a no_std crate for guests, but it builds and
+    // tests on the host too): its unit tests and documentation examples.
+    let mut sdk_tests = cargo();
+    sdk_tests.args(["test", "-p", "guest-sdk"]);
+    eprintln!("xtask: cargo test -p guest-sdk (unit tests and doc tests)");
+    if let Err(e) = run_checked(sdk_tests, "cargo test -p guest-sdk") {
+        failures.push(e);
+    }
+
+    eprintln!("xtask: conformance suite");
+    if let Err(e) = conformance() {
+        failures.push(e);
+    }
+
+    if failures.is_empty() {
+        eprintln!("xtask: all tests passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            eprintln!("xtask: FAILED: {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Parses a closing line `N passed, M failed` (an optional `word:` may precede it).
+fn parse_summary(line: &str) -> Option<(u64, u64)> {
+    let line = line.trim();
+    let line = match line.split_once(": ") {
+        Some((word, rest)) if !word.contains(' ') => rest,
+        _ => line,
+    };
+    let (passed, failed) = line.split_once(", ")?;
+    let passed = passed.strip_suffix(" passed")?.parse().ok()?;
+    let failed = failed.strip_suffix(" failed")?.parse().ok()?;
+    Some((passed, failed))
+}
+
+/// Runs the conformance guest; requires its `N passed, 0 failed` line and exit code 0.
+fn conformance() -> Result<()> {
+    let (status, lines) = run_hv_captured(&guest_path("conformance")?, &[], true)?;
+    let summary = lines.iter().rev().find_map(|l| parse_summary(l));
+    match summary {
+        None => Err(format!(
+            "the conformance guest printed no `N passed, M failed` line ({})",
+            describe_status(status)
+        )),
+        Some((_, failed)) if failed > 0 => Err(format!("conformance: {failed} case(s) failed")),
+        Some(_) if !status.success() => Err(format!(
+            "conformance: all cases passed but hv ended with {}",
+            describe_status(status)
+        )),
+        Some((passed, _)) => {
+            eprintln!("xtask: conformance: {passed} passed, 0 failed");
+            Ok(())
+        }
+    }
+}
+
+/// `bench NAME k=v ...` and `bench k=v` lines, as name -> key -> value (`bench k=v` is
+/// stored as k -> "value").
+fn parse_bench(lines: &[String]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for line in lines {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("bench") {
+            continue;
+        }
+        let Some(first) = words.next() else { continue };
+        if let Some((k, v)) = first.split_once('=') {
+            if let Ok(v) = v.parse() {
+                out.entry(k.to_string())
+                    .or_default()
+                    .insert("value".into(), v);
+            }
+            continue;
+        }
+        let entry = out.entry(first.to_string()).or_default();
+        for kv in words {
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Ok(v) = v.parse() {
+                    entry.insert(k.to_string(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns < 10_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.1} us", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `cargo xtask bench hypercall`.
+fn bench_hypercall() -> Result<()> {
+    eprintln!("xtask: hv run bench");
+    let (status, lines) = run_hv_captured(&guest_path("bench")?, &[], false)?;
+    if !status.success() {
+        for l in &lines {
+            eprintln!("{l}");
+        }
+        return Err(format!(
+            "the bench guest failed ({})",
+            describe_status(status)
+        ));
+    }
+    let b = parse_bench(&lines);
+    let get = |name: &str, key: &str| -> Result<u64> {
+        b.get(name)
+            .and_then(|m| m.get(key))
+            .copied()
+            .ok_or_else(|| format!("the bench guest printed no `bench {name} {key}=` value"))
+    };
+    let hc = get("hypercall_ns", "median")?;
+    let px = get("portexit_ns", "median")?;
+    let first = get("first_instruction_ns", "value")?;
+
+    const RUNS: usize = 5;
+    eprintln!("xtask: timing {RUNS} runs of the hello guest");
+    let hello = guest_path("hello")?;
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let mut cmd = hv_command(&hello, &[])?;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let t0 = Instant::now();
+        let status = cmd.status().map_err(|e| format!("cannot start hv: {e}"))?;
+        times.push(t0.elapsed());
+        if !status.success() {
+            return Err(format!("hv run hello failed ({})", describe_status(status)));
+        }
+    }
+    let run_time = median(&mut times);
+
+    let ratio = if px == 0 {
+        f64::INFINITY
+    } else {
+        hc as f64 / px as f64
+    };
+    let verdict = if ratio <= 1.10 { "ok" } else { "above goal" };
+    let range = |name: &str| match (get(name, "p10"), get(name, "p90")) {
+        (Ok(a), Ok(b)) => format!("{} .. {}", fmt_ns(a as f64), fmt_ns(b as f64)),
+        _ => "-".into(),
+    };
+    let rows = [
+        (
+            "null hypercall (abi_query), median".to_string(),
+            fmt_ns(hc as f64),
+            range("hypercall_ns"),
+        ),
+        (
+            "raw port exit (out 0x92), median".to_string(),
+            fmt_ns(px as f64),
+            range("portexit_ns"),
+        ),
+        (
+            "ratio hypercall / port exit (goal <= 1.10)".to_string(),
+            format!("{ratio:.3} {verdict}"),
+            String::new(),
+        ),
+        (
+            "hv start to first guest instruction".to_string(),
+            fmt_ns(first as f64),
+            String::new(),
+        ),
+        (
+            format!("hv run time, hello (spawn to exit, median of {RUNS})"),
+            fmt_ns(run_time.as_nanos() as f64),
+            String::new(),
+        ),
+    ];
+    let w0 = rows
+        .iter()
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(0)
+        .max("metric".len());
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.len())
+        .max()
+        .unwrap_or(0)
+        .max("value".len());
+    let w2 = rows
+        .iter()
+        .map(|r| r.2.len())
+        .max()
+        .unwrap_or(0)
+        .max("p10 .. p90".len());
+    println!("hypercall benchmark: `hv run bench` (20000 samples of each, interleaved), `hv run hello` x{RUNS}");
+    println!(
+        "| {:w0$} | {:>w1$} | {:>w2$} |",
+        "metric", "value", "p10 .. p90"
+    );
+    println!(
+        "|-{}-|-{}:|-{}:|",
+        "-".repeat(w0),
+        "-".repeat(w1),
+        "-".repeat(w2)
+    );
+    for (m, v, r) in &rows {
+        println!("| {m:w0$} | {v:>w1$} | {r:>w2$} |");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lines() {
+        assert_eq!(parse_summary("62 passed, 0 failed"), Some((62, 0)));
+        assert_eq!(
+            parse_summary("conformance: 3 passed, 1 failed"),
+            Some((3, 1))
+        );
+        assert_eq!(parse_summary("PASS x"), None);
+        assert_eq!(parse_summary("a b: 1 passed, 0 failed"), None);
+    }
+
+    #[test]
+    fn bench_lines() {
+        let lines: Vec<String> = [
+            "bench first_instruction_ns=512345",
+            "bench hypercall_ns median=20100 p10=19000 p90=25000 n=20000",
+            "noise",
+            "bench portexit_ns median=19800 p10=18000 p90=24000 n=20000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let b = parse_bench(&lines);
+        assert_eq!(b["first_instruction_ns"]["value"], 512345);
+        assert_eq!(b["hypercall_ns"]["median"], 20100);
+        assert_eq!(b["portexit_ns"]["p90"], 24000);
+    }
+
+    #[test]
+    fn run_arguments() {
+        let args: Vec<OsString> = ["demo", "--", "--mem", "64M"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let (g, rest) = parse_run(&args).unwrap();
+        assert_eq!(g, "demo");
+        assert_eq!(rest, ["--mem", "64M"]);
+        assert!(parse_run(&[]).is_err());
+    }
+
+    /// A minimal ELF64 image: header, one program header, and a note at offset 0x100.
+    fn elf(e_type: u16, p_type: u32, name: &[u8; 5]) -> Vec<u8> {
+        let mut b = vec![0u8; 0x200];
+        b[..5].copy_from_slice(b"\x7fELF\x02");
+        b[16..18].copy_from_slice(&e_type.to_le_bytes());
+        b[18..20].copy_from_slice(&0x3eu16.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        b[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        b[64..68].copy_from_slice(&p_type.to_le_bytes());
+        b[72..80].copy_from_slice(&0x100u64.to_le_bytes()); // p_offset
+        b[96..104].copy_from_slice(&36u64.to_le_bytes()); // p_filesz
+        b[0x100..0x104].copy_from_slice(&5u32.to_le_bytes());
+        b[0x10c..0x111].copy_from_slice(name);
+        b
+    }
+
+    #[test]
+    fn guest_elf_checks() {
+        let dir = std::env::temp_dir().join(format!("xtask-elf-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let check = |bytes: Vec<u8>| {
+            let p = dir.join("guest");
+            std::fs::write(&p, bytes).unwrap();
+            check_guest_elf(&p)
+        };
+        assert!(check(elf(2, 4, b"HVPV\0")).is_ok());
+        assert!(check(elf(3, 4, b"HVPV\0")).unwrap_err().contains("ET_EXEC"));
+        assert!(check(elf(2, 1, b"HVPV\0")).unwrap_err().contains("PT_NOTE"));
+        assert!(check(elf(2, 4, b"GNU\0\0"))
+            .unwrap_err()
+            .contains("PT_NOTE"));
+        assert!(check(b"#!/bin/sh".to_vec()).unwrap_err().contains("ELF64"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(fmt_ns(950.0), "950 ns");
+        assert_eq!(fmt_ns(19_870.0), "19.9 us");
+        assert_eq!(fmt_ns(12_500_000.0), "12.50 ms");
+    }
+}

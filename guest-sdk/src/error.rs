@@ -1,0 +1,93 @@
+//! The SDK's error type: what a failed hypercall reported.
+
+use core::fmt;
+
+use hypercall_abi::Errno;
+
+/// Why an SDK call failed.
+///
+/// Every typed hypercall wrapper returns `Result<_, Error>`. The hypervisor reports failures
+/// as `-errno` in `rax`; an errno that ABI v1 defines becomes [`Error::Errno`], any other
+/// negative value [`Error::UnknownErrno`] (a newer or misbehaving hypervisor).
+///
+/// ```
+/// use guest_sdk::{abi::Errno, Error};
+///
+/// assert_eq!(Error::check(5), Ok(5));
+/// assert_eq!(Error::check(-22), Err(Error::Errno(Errno::EINVAL)));
+/// assert_eq!(Error::check(-9999), Err(Error::UnknownErrno(-9999)));
+/// assert_eq!(Error::Errno(Errno::EFAULT).errno(), Some(Errno::EFAULT));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// The hypervisor returned `-errno` for an errno the ABI defines.
+    Errno(Errno),
+    /// The hypervisor returned a negative value that is not a known `-errno` (the raw `rax`).
+    UnknownErrno(i64),
+}
+
+/// `Result` with the SDK's [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;
+
+impl Error {
+    /// Decodes a hypercall's raw return value: `Ok(value)` for `>= 0`, an error otherwise.
+    pub fn check(rax: i64) -> Result<u64> {
+        Errno::from_raw(rax).map_err(|e| match e {
+            Some(errno) => Error::Errno(errno),
+            None => Error::UnknownErrno(rax),
+        })
+    }
+
+    /// The errno, if the ABI defines it.
+    pub fn errno(self) -> Option<Errno> {
+        match self {
+            Error::Errno(e) => Some(e),
+            Error::UnknownErrno(_) => None,
+        }
+    }
+
+    /// Is this `errno`?
+    pub fn is(self, errno: Errno) -> bool {
+        self == Error::Errno(errno)
+    }
+}
+
+impl From<Errno> for Error {
+    fn from(e: Errno) -> Self {
+        Error::Errno(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Errno(e) => f.write_str(e.name()),
+            Error::UnknownErrno(rax) => write!(f, "unknown errno ({rax})"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_errno() {
+        for e in Errno::ALL {
+            assert_eq!(Error::check(e.to_raw()), Err(Error::Errno(e)));
+        }
+        assert_eq!(Error::check(0), Ok(0));
+        assert_eq!(Error::check(i64::MAX), Ok(i64::MAX as u64));
+        assert_eq!(Error::check(i64::MIN), Err(Error::UnknownErrno(i64::MIN)));
+    }
+
+    #[test]
+    fn displays_names() {
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(Error::Errno(Errno::ENOSYS).to_string(), "ENOSYS");
+        assert_eq!(Error::UnknownErrno(-5).to_string(), "unknown errno (-5)");
+    }
+}
