@@ -23,6 +23,7 @@ pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod stats;
+pub mod store;
 pub mod time;
 pub mod vcpu;
 pub mod vmm;
