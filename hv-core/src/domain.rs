@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use hypercall_abi::evtchn::{virq, Port};
@@ -16,7 +16,9 @@ use hypercall_abi::vcpu::VcpuContext;
 use hypercall_abi::{DomId, Errno};
 
 use crate::console::Console;
-use crate::evtchn::PortTable;
+use crate::evtchn::{Backend, Binding, PortTable};
+use crate::grant::Window;
+use crate::registry::Registry;
 use crate::layout::SHARED_INFO_GPA;
 use crate::loader::SymbolTable;
 use crate::memory::GuestRam;
@@ -34,14 +36,17 @@ pub enum StopReason {
     HvError(String),
 }
 
-/// Writes the IDT gates a guest asks for (implemented over the hv region; a recorder in tests).
-pub trait Gates: Send {
+/// Writes the hv-owned tables of a domain that change while it runs: IDT gates and grant-window
+/// page-table entries (implemented over the hv region; a recorder in tests).
+pub trait Tables: Send {
     /// Routes `vector` to a guest handler at CPL 3, on IST `ist` (0 = current stack).
     fn set_gate(&mut self, vector: u8, handler: u64, ist: u8);
     /// Routes an exception vector back to the hv's crash stub (no guest handler).
     fn set_crash_gate(&mut self, vector: u8);
     /// Makes a non-exception vector not present.
     fn clear_gate(&mut self, vector: u8);
+    /// Maps (`Some(writable)`) or unmaps (`None`) a grant-window slot in the page tables.
+    fn set_window_pte(&mut self, slot: u32, writable: Option<bool>);
 }
 
 /// Makes a running vCPU leave the guest promptly (implemented over KVM in [`crate::vcpu`]).
@@ -76,6 +81,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Locks two different domains' port tables in domain-id order (no deadlock); returns
+/// (`a`'s, `b`'s).
+fn lock_two<'a>(a: &'a Domain, b: &'a Domain) -> (MutexGuard<'a, PortTable>, MutexGuard<'a, PortTable>) {
+    if a.id < b.id {
+        let ga = lock(&a.ports);
+        let gb = lock(&b.ports);
+        (ga, gb)
+    } else {
+        let gb = lock(&b.ports);
+        let ga = lock(&a.ports);
+        (ga, gb)
+    }
+}
+
+/// Returns `peer_port` to unbound-for-`us` if it is still connected to our `our_port`.
+fn unbind_peer(t: &mut PortTable, peer_port: Port, us: DomId, our_port: Port) {
+    if t.get(peer_port as u64)
+        == Ok(Binding::Interdomain {
+            remote: us,
+            remote_port: our_port,
+        })
+    {
+        t.rebind(peer_port, Binding::Unbound { remote: us });
+    }
+}
+
 /// What a new domain is made of.
 pub struct DomainParts {
     /// Domain id.
@@ -96,8 +127,12 @@ pub struct DomainParts {
     pub console_port: Port,
     /// The console backend.
     pub console: Console,
-    /// The IDT writer.
-    pub gates: Box<dyn Gates>,
+    /// The writer of the hv-owned tables.
+    pub tables: Box<dyn Tables>,
+    /// The host side of the grant window.
+    pub window: Window,
+    /// The registry the domain is part of.
+    pub registry: Weak<Registry>,
 }
 
 /// A running domain.
@@ -120,7 +155,9 @@ pub struct Domain {
     pub console_port: Port,
     ports: Mutex<PortTable>,
     console: Mutex<Console>,
-    gates: Mutex<Box<dyn Gates>>,
+    tables: Mutex<Box<dyn Tables>>,
+    window: Window,
+    registry: Weak<Registry>,
     callback: AtomicU64,
     vcpus: Vec<VcpuSlot>,
     timers: Mutex<Vec<Option<u64>>>,
@@ -146,7 +183,9 @@ impl Domain {
             console_port: p.console_port,
             ports: Mutex::new(p.ports),
             console: Mutex::new(p.console),
-            gates: Mutex::new(p.gates),
+            tables: Mutex::new(p.tables),
+            window: p.window,
+            registry: p.registry,
             callback: AtomicU64::new(0),
             vcpus,
             timers: Mutex::new(vec![None; p.nr_vcpus as usize]),
@@ -167,9 +206,125 @@ impl Domain {
         lock(&self.console)
     }
 
-    /// The IDT writer.
-    pub fn gates(&self) -> MutexGuard<'_, Box<dyn Gates>> {
-        lock(&self.gates)
+    /// The writer of the hv-owned tables.
+    pub fn tables(&self) -> MutexGuard<'_, Box<dyn Tables>> {
+        lock(&self.tables)
+    }
+
+    /// The host side of the grant window.
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    /// The registry, or `ESRCH` if the hv is shutting down.
+    pub fn registry(&self) -> Result<Arc<Registry>, Errno> {
+        self.registry.upgrade().ok_or(Errno::ESRCH)
+    }
+
+    /// Another live domain (or this one), or `ESRCH`.
+    pub fn peer(&self, id: DomId) -> Result<Arc<Domain>, Errno> {
+        self.registry()?.get(id)
+    }
+
+    // ---- event channel operations that involve a peer ----
+
+    /// `alloc_unbound(remote)`.
+    pub fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {
+        self.peer(remote)?;
+        let port = self.ports().alloc_unbound(remote)?;
+        self.reset_port_bits(port);
+        Ok(port)
+    }
+
+    /// `bind_interdomain(remote, remote_port)`.
+    pub fn bind_interdomain(&self, remote: DomId, remote_port: u64) -> Result<Port, Errno> {
+        let peer = self.peer(remote)?;
+        let check = |t: &PortTable| match t.get(remote_port)? {
+            Binding::Unbound { remote: r } if r == self.id => Ok(remote_port as Port),
+            Binding::Unbound { .. } => Err(Errno::EACCES),
+            _ => Err(Errno::EINVAL),
+        };
+        let local = if peer.id == self.id {
+            let mut t = self.ports();
+            let rp = check(&t)?;
+            let lp = t.bind_interdomain(self.id, rp)?;
+            t.rebind(rp, Binding::Interdomain { remote: self.id, remote_port: lp });
+            lp
+        } else {
+            let (mut mine, mut theirs) = lock_two(self, &peer);
+            let rp = check(&theirs)?;
+            let lp = mine.bind_interdomain(remote, rp)?;
+            theirs.rebind(rp, Binding::Interdomain { remote: self.id, remote_port: lp });
+            lp
+        };
+        self.reset_port_bits(local);
+        Ok(local)
+    }
+
+    /// `send(port)`: delivers to the peer, or returns the hv backend that must serve the port.
+    pub fn send(&self, port: u64) -> Result<Option<Backend>, Errno> {
+        match self.ports().get(port)? {
+            Binding::Virq { .. } => Err(Errno::EINVAL),
+            Binding::Ipi { vcpu } => {
+                self.deliver(port as Port, vcpu);
+                Ok(None)
+            }
+            Binding::HvBackend(b) => Ok(Some(b)),
+            Binding::Unbound { .. } => Ok(None),
+            Binding::Interdomain { remote, remote_port } => {
+                if let Ok(peer) = self.peer(remote) {
+                    let vcpu = peer.ports().get(remote_port as u64).map(|b| b.vcpu());
+                    if let Ok(vcpu) = vcpu {
+                        peer.deliver(remote_port, vcpu);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// `close(port)`: an interdomain peer returns to unbound (for this domain).
+    pub fn close_port(&self, port: u64) -> Result<(), Errno> {
+        let b = self.ports().get(port)?;
+        match b {
+            Binding::Interdomain { remote, remote_port } if remote != self.id => {
+                match self.peer(remote) {
+                    Ok(peer) => {
+                        let (mut mine, mut theirs) = lock_two(self, &peer);
+                        mine.close(port)?;
+                        unbind_peer(&mut theirs, remote_port, self.id, port as Port);
+                    }
+                    Err(_) => {
+                        self.ports().close(port)?;
+                    }
+                }
+            }
+            Binding::Interdomain { remote_port, .. } => {
+                let mut t = self.ports();
+                t.close(port)?;
+                unbind_peer(&mut t, remote_port, self.id, port as Port);
+            }
+            _ => {
+                self.ports().close(port)?;
+            }
+        }
+        self.reset_port_bits(port as Port);
+        Ok(())
+    }
+
+    /// At teardown: every interdomain peer of this domain returns to unbound.
+    pub fn disconnect_peers(&self) {
+        let ports = self.ports().open_ports();
+        for (port, b) in ports {
+            if let Binding::Interdomain { remote, remote_port } = b {
+                if remote == self.id {
+                    continue;
+                }
+                if let Ok(peer) = self.peer(remote) {
+                    unbind_peer(&mut peer.ports(), remote_port, self.id, port);
+                }
+            }
+        }
     }
 
     // ---- shared info ----

@@ -32,6 +32,8 @@ pub mod exit_code {
     pub const BAD_VCPUS: u8 = 80;
     /// Another argument is invalid (e.g. the command line is too long).
     pub const BAD_ARGUMENT: u8 = 81;
+    /// The `--config` file is unreadable or invalid.
+    pub const BAD_CONFIG: u8 = 82;
     /// KVM or the host failed while setting up or running a domain (a hypervisor error).
     pub const HV_INTERNAL: u8 = 90;
 }
@@ -171,6 +173,14 @@ pub enum HvError {
     /// Another invalid argument.
     #[error("invalid argument: {0}")]
     BadArgument(String),
+    /// The config file is unreadable or invalid.
+    #[error("invalid config {path}: {why}")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// KVM or the host failed.
     #[error("hypervisor error: {0}")]
     Internal(String),
@@ -187,6 +197,7 @@ impl HvError {
             HvError::BadSize { .. } => BAD_SIZE,
             HvError::BadVcpus { .. } => BAD_VCPUS,
             HvError::BadArgument(_) => BAD_ARGUMENT,
+            HvError::BadConfig { .. } => BAD_CONFIG,
             HvError::Internal(_) => HV_INTERNAL,
         }
     }
@@ -258,6 +269,7 @@ mod tests {
             BAD_SIZE,
             BAD_VCPUS,
             BAD_ARGUMENT,
+            BAD_CONFIG,
             HV_INTERNAL,
         ];
         let n = all.len();

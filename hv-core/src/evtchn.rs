@@ -3,7 +3,7 @@
 
 use hypercall_abi::evtchn::{state, virq, EvtchnStatus, Port};
 use hypercall_abi::shared_info::NR_EVENT_CHANNELS;
-use hypercall_abi::{Errno, DOMID_HV, MAX_VCPUS};
+use hypercall_abi::{DomId, Errno, DOMID_HV, MAX_VCPUS};
 
 /// Default per-domain limit on open ports.
 pub const DEFAULT_MAX_PORTS: u32 = 1024;
@@ -13,6 +13,8 @@ pub const DEFAULT_MAX_PORTS: u32 = 1024;
 pub enum Backend {
     /// The console ring.
     Console,
+    /// The store ring.
+    Store,
 }
 
 /// What an open port is bound to.
@@ -32,6 +34,18 @@ pub enum Binding {
     },
     /// Connected to a backend in the hv; its events go to vCPU 0.
     HvBackend(Backend),
+    /// Allocated for `remote` to connect to; events go to vCPU 0.
+    Unbound {
+        /// The domain allowed to bind it.
+        remote: DomId,
+    },
+    /// Connected to `remote_port` of `remote`; events go to vCPU 0.
+    Interdomain {
+        /// The peer domain.
+        remote: DomId,
+        /// The peer's port.
+        remote_port: Port,
+    },
 }
 
 impl Binding {
@@ -39,7 +53,7 @@ impl Binding {
     pub fn vcpu(&self) -> u32 {
         match *self {
             Binding::Virq { vcpu, .. } | Binding::Ipi { vcpu } => vcpu,
-            Binding::HvBackend(_) => 0,
+            Binding::HvBackend(_) | Binding::Unbound { .. } | Binding::Interdomain { .. } => 0,
         }
     }
 }
@@ -122,16 +136,57 @@ impl PortTable {
         self.alloc(Binding::Ipi { vcpu })
     }
 
-    /// `close(port)`: `EPERM` for a backend port.
-    pub fn close(&mut self, port: u64) -> Result<(), Errno> {
-        match self.get(port)? {
-            Binding::HvBackend(_) => return Err(Errno::EPERM),
-            Binding::Virq { virq, vcpu } => self.virq[vcpu as usize][virq as usize] = None,
-            Binding::Ipi { .. } => {}
+    /// `alloc_unbound(remote)` (the caller has checked that `remote` exists).
+    pub fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, Errno> {
+        self.alloc(Binding::Unbound { remote })
+    }
+
+    /// Opens a local port connected to `remote_port` of `remote` (the caller has checked the
+    /// remote side and will connect it back).
+    pub fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port, Errno> {
+        self.alloc(Binding::Interdomain {
+            remote,
+            remote_port,
+        })
+    }
+
+    /// Rebinds an open port (an interdomain peer connecting or disconnecting).
+    pub fn rebind(&mut self, port: Port, b: Binding) {
+        if let Some(slot) = self.ports.get_mut(port as usize) {
+            if slot.is_some() {
+                *slot = Some(b);
+            }
         }
-        self.ports[port as usize] = None;
+    }
+
+    /// `close(port)`: `EPERM` for a backend port. Returns the binding it had.
+    pub fn close(&mut self, port: u64) -> Result<Binding, Errno> {
+        let b = self.get(port)?;
+        if let Binding::HvBackend(_) = b {
+            return Err(Errno::EPERM);
+        }
+        self.free(port as Port);
+        Ok(b)
+    }
+
+    /// Frees a port whatever it is bound to (domain teardown).
+    pub fn free(&mut self, port: Port) {
+        let Some(b) = self.ports.get_mut(port as usize).and_then(Option::take) else {
+            return;
+        };
+        if let Binding::Virq { virq, vcpu } = b {
+            self.virq[vcpu as usize][virq as usize] = None;
+        }
         self.open -= 1;
-        Ok(())
+    }
+
+    /// Every open port with its binding.
+    pub fn open_ports(&self) -> Vec<(Port, Binding)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(p, b)| b.map(|b| (p as Port, b)))
+            .collect()
     }
 
     /// The port a VIRQ is bound to on a vCPU, if any.
@@ -163,6 +218,18 @@ impl PortTable {
                 s.state = state::HV_BACKEND;
                 s.remote_domid = DOMID_HV as u32;
             }
+            Some(Binding::Unbound { remote }) => {
+                s.state = state::UNBOUND;
+                s.remote_domid = remote as u32;
+            }
+            Some(Binding::Interdomain {
+                remote,
+                remote_port,
+            }) => {
+                s.state = state::INTERDOMAIN;
+                s.remote_domid = remote as u32;
+                s.remote_port = remote_port;
+            }
         }
         Ok(s)
     }
@@ -188,6 +255,13 @@ mod tests {
         assert_eq!(t.close(4096), Err(Errno::EINVAL));
         assert_eq!(t.close(u64::MAX), Err(Errno::EINVAL));
         t.close(timer as u64).unwrap();
+        let u = t.alloc_unbound(7).unwrap();
+        assert_eq!(t.status(u as u64).unwrap().state, state::UNBOUND);
+        assert_eq!(t.status(u as u64).unwrap().remote_domid, 7);
+        t.rebind(u, Binding::Interdomain { remote: 7, remote_port: 9 });
+        let s = t.status(u as u64).unwrap();
+        assert_eq!((s.state, s.remote_domid, s.remote_port), (state::INTERDOMAIN, 7, 9));
+        t.close(u as u64).unwrap();
         assert_eq!(t.close(timer as u64), Err(Errno::EINVAL));
         assert_eq!(t.virq_port(virq::TIMER, 0), None);
         assert_eq!(t.status(timer as u64).unwrap().state, state::FREE);

@@ -5,7 +5,11 @@
 //!
 //! A failing call has no effect: all checks come before the first change.
 
+use std::sync::Arc;
+
 use hypercall_abi::evtchn::{self as ev, Port};
+use hypercall_abi::grant as gt;
+use hypercall_abi::multicall::{MulticallEntry, MAX_MULTICALL};
 use hypercall_abi::sched::{self, shutdown_reason, SchedPoll, MAX_EXIT_CODE, MAX_POLL_PORTS};
 use hypercall_abi::trap::{
     TrapInfo, MAX_TRAP_ENTRIES, TRAP_ALT_STACK, TRAP_FLAGS_ALL, UPCALL_VECTOR,
@@ -18,7 +22,7 @@ use hypercall_abi::{
 use zerocopy::FromZeros;
 
 use crate::domain::{Domain, StopReason};
-use crate::evtchn::{Backend, Binding};
+use crate::evtchn::Backend;
 use crate::x86::{IST_ALT, NR_EXCEPTION_VECTORS};
 
 /// The features this hv offers.
@@ -64,14 +68,19 @@ fn ret(v: u64) -> HcResult {
 }
 
 /// Serves one hypercall from `vcpu` of `dom`.
-pub fn dispatch(dom: &Domain, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl) -> Action {
+pub fn dispatch(dom: &Arc<Domain>, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl) -> Action {
+    dispatch_one(dom, vcpu, call, ctl, false)
+}
+
+fn dispatch_one(dom: &Arc<Domain>, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl, in_batch: bool) -> Action {
     dom.stats.hypercall(call.nr);
-    let [a0, a1, a2, a3, _a4] = call.args;
+    let [a0, a1, a2, a3, a4] = call.args;
     let r = match call.nr {
         hc::ABI_QUERY => abi_query(a0),
         hc::CONSOLE_WRITE => console_write(dom, a0, a1),
         hc::SET_TRAP_TABLE => set_trap_table(dom, a0, a1),
         hc::SET_CALLBACK => set_callback(dom, a0, a1),
+        hc::SCHED_OP if in_batch && matches!(a0, sched::BLOCK | sched::POLL) => Err(Errno::EINVAL),
         hc::SCHED_OP => sched_op(dom, vcpu, a0, a1, a2),
         hc::SET_TIMER => {
             dom.set_timer(vcpu, (a0 != 0).then_some(a0));
@@ -79,6 +88,9 @@ pub fn dispatch(dom: &Domain, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl) -> 
         }
         hc::EVTCHN_OP => evtchn_op(dom, a0, a1, a2, a3),
         hc::VCPU_OP => vcpu_op(dom, a0, a1, a2, ctl),
+        hc::GRANT_OP => grant_op(dom, a0, a1, a2, a3, a4),
+        hc::MULTICALL if in_batch => Err(Errno::EINVAL),
+        hc::MULTICALL => multicall(dom, vcpu, a0, a1, ctl),
         _ => Err(Errno::ENOSYS),
     };
     r.unwrap_or_else(|e| Action::Return(e.to_raw()))
@@ -128,7 +140,7 @@ fn set_trap_table(dom: &Domain, gpa: u64, count: u64) -> HcResult {
             check_handler(dom, t.handler)?;
         }
     }
-    let mut gates = dom.gates();
+    let mut gates = dom.tables();
     for t in &table {
         if t.handler == 0 {
             gates.set_crash_gate(t.vector);
@@ -151,7 +163,7 @@ fn set_callback(dom: &Domain, handler: u64, flags: u64) -> HcResult {
     if handler != 0 {
         check_handler(dom, handler)?;
     }
-    let mut gates = dom.gates();
+    let mut gates = dom.tables();
     if handler == 0 {
         gates.clear_gate(UPCALL_VECTOR);
     } else {
@@ -234,20 +246,26 @@ fn evtchn_op(dom: &Domain, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResult {
             ret(port as u64)
         }
         ev::SEND => {
-            let binding = dom.ports().get(a1)?;
-            match binding {
-                Binding::Virq { .. } => return Err(Errno::EINVAL),
-                Binding::Ipi { vcpu } => dom.deliver(a1 as Port, vcpu),
-                Binding::HvBackend(Backend::Console) => {
+            match dom.send(a1)? {
+                None => {}
+                Some(Backend::Console) => {
                     dom.console().drain(&dom.ram);
                 }
+                Some(Backend::Store) => crate::store_service::serve(dom),
             }
             ret(0)
         }
         ev::CLOSE => {
-            dom.ports().close(a1)?;
-            dom.reset_port_bits(a1 as Port);
+            dom.close_port(a1)?;
             ret(0)
+        }
+        ev::ALLOC_UNBOUND => {
+            let remote = u16::try_from(a1).map_err(|_| Errno::ESRCH)?;
+            ret(dom.alloc_unbound(remote)? as u64)
+        }
+        ev::BIND_INTERDOMAIN => {
+            let remote = u16::try_from(a1).map_err(|_| Errno::ESRCH)?;
+            ret(dom.bind_interdomain(remote, a2)? as u64)
         }
         ev::STATUS => {
             let mut s = dom.ports().status(a1)?;
@@ -269,6 +287,46 @@ fn evtchn_op(dom: &Domain, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResult {
         }
         _ => Err(Errno::EINVAL),
     }
+}
+
+fn grant_op(dom: &Arc<Domain>, cmd: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> HcResult {
+    let reg = dom.registry()?;
+    let lookup = |id| reg.get(id).ok();
+    let mut book = reg.grants();
+    match cmd {
+        gt::SET_TABLE => book.set_table(dom, a1, a2).and(ret(0)),
+        gt::MAP => {
+            let granter = u16::try_from(a1).map_err(|_| Errno::ESRCH)?;
+            let granter = reg.get(granter)?;
+            book.map(dom, &granter, a2, a3, a4).and(ret(0))
+        }
+        gt::UNMAP => book.unmap(dom, a1).and(ret(0)),
+        gt::END_ACCESS => book.end_access(dom, a1).and(ret(0)),
+        gt::REVOKE => ret(book.revoke(dom, a1, lookup)?),
+        gt::COPY => book.copy(dom, a1, a2, lookup).and(ret(0)),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn multicall(dom: &Arc<Domain>, vcpu: u32, gpa: u64, count: u64, ctl: &mut dyn VcpuCtl) -> HcResult {
+    if count > MAX_MULTICALL {
+        return Err(Errno::E2BIG);
+    }
+    let mut calls = vec![MulticallEntry::default(); count as usize];
+    dom.ram
+        .read(gpa, zerocopy::IntoBytes::as_mut_bytes(calls.as_mut_slice()))?;
+    for (i, c) in calls.iter_mut().enumerate() {
+        let call = Call { nr: c.op, args: c.args };
+        match dispatch_one(dom, vcpu, &call, ctl, true) {
+            Action::Return(v) => c.result = v,
+            stop @ Action::Stop(_) => return Ok(stop),
+            // Sleeping commands are refused in a batch, so nothing else comes back.
+            Action::Block | Action::Poll { .. } => c.result = Errno::EINVAL.to_raw(),
+        }
+        let off = (i * size_of::<MulticallEntry>() + std::mem::offset_of!(MulticallEntry, result)) as u64;
+        dom.ram.write_obj(gpa + off, &c.result)?;
+    }
+    ret(0)
 }
 
 fn vcpu_op(dom: &Domain, cmd: u64, vcpu: u64, gpa: u64, ctl: &mut dyn VcpuCtl) -> HcResult {

@@ -11,7 +11,9 @@ use zerocopy::IntoBytes;
 
 use super::*;
 use crate::console::Console;
-use crate::domain::{DomainParts, Gates};
+use crate::domain::{DomainParts, Tables};
+use crate::grant::Window;
+use crate::registry::Registry;
 use crate::evtchn::{PortTable, DEFAULT_MAX_PORTS};
 use crate::layout::CONSOLE_RING_GPA;
 use crate::loader::SymbolTable;
@@ -35,7 +37,7 @@ impl Write for Out {
 
 #[derive(Clone, Default)]
 struct GateLog(Arc<Mutex<Vec<(u8, u64, u8)>>>);
-impl Gates for GateLog {
+impl Tables for GateLog {
     fn set_gate(&mut self, vector: u8, handler: u64, ist: u8) {
         self.0.lock().unwrap().push((vector, handler, ist));
     }
@@ -44,6 +46,9 @@ impl Gates for GateLog {
     }
     fn clear_gate(&mut self, vector: u8) {
         self.0.lock().unwrap().push((vector, 0, 0));
+    }
+    fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) {
+        self.0.lock().unwrap().push((255, slot as u64, writable.map_or(0, |w| 1 + w as u8)));
     }
 }
 
@@ -55,18 +60,25 @@ impl VcpuCtl for Cr2 {
 }
 
 struct T {
-    dom: Domain,
+    dom: Arc<Domain>,
     out: Out,
     gates: GateLog,
+    _registry: Arc<Registry>,
 }
 
 fn domain(nr_vcpus: u32) -> T {
+    let registry = Registry::new();
+    domain_in(&registry, 1, nr_vcpus)
+}
+
+fn domain_in(registry: &Arc<Registry>, id: u16, nr_vcpus: u32) -> T {
     let out = Out::default();
     let gates = GateLog::default();
     let mut ports = PortTable::new(nr_vcpus, DEFAULT_MAX_PORTS);
     let console_port = ports.bind_backend(Backend::Console).unwrap();
-    let dom = Domain::new(DomainParts {
-        id: 1,
+    ports.bind_backend(Backend::Store).unwrap();
+    let dom = Arc::new(Domain::new(DomainParts {
+        id,
         name: "t".into(),
         ram: GuestRam::new(MEM).unwrap(),
         nr_vcpus,
@@ -75,9 +87,17 @@ fn domain(nr_vcpus: u32) -> T {
         ports,
         console_port,
         console: Console::new(CONSOLE_RING_GPA, Box::new(out.clone())),
-        gates: Box::new(gates.clone()),
-    });
-    T { dom, out, gates }
+        tables: Box::new(gates.clone()),
+        window: Window::new().unwrap(),
+        registry: Arc::downgrade(registry),
+    }));
+    registry.insert(Arc::clone(&dom));
+    T {
+        dom,
+        out,
+        gates,
+        _registry: Arc::clone(registry),
+    }
 }
 
 impl T {
@@ -435,7 +455,7 @@ fn event_channels() {
             }
         }
     }
-    assert_eq!(opened.len() as u32, DEFAULT_MAX_PORTS - 3);
+    assert_eq!(opened.len() as u32, DEFAULT_MAX_PORTS - 4);
     for p in opened {
         assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::CLOSE, p]), 0);
     }
@@ -515,10 +535,10 @@ fn vcpu_ops() {
 
 #[test]
 fn timer_fires_virq_timer() {
-    let t = Arc::new(domain(1));
+    let t = domain(1);
     let port = t.rax(hc::EVTCHN_OP, &[ev::BIND_VIRQ, virq::TIMER as u64, 0]) as u32;
-    let dom = Arc::clone(&t);
-    let timers = std::thread::spawn(move || dom.dom.run_timers());
+    let dom = Arc::clone(&t.dom);
+    let timers = std::thread::spawn(move || dom.run_timers());
     let deadline = t.dom.clock.now_ns() + 5_000_000;
     assert_eq!(t.rax(hc::SET_TIMER, &[deadline]), 0);
     let fired = t.dom.wait(0, Some(deadline + 2_000_000_000), false, || {

@@ -5,10 +5,12 @@
 //! 0x0000_1000  StartInfo            read-only
 //! 0x0000_2000  SharedInfo           read-write
 //! 0x0000_3000  console ring         read-write
+//! 0x0000_4000  store ring           read-write
 //! 0x0001_0000  trap stacks          per vCPU: 16 KiB alternate stack + 4 KiB crash stack
 //! 0x0010_0000  boot stack           1 MiB, top at 0x20_0000
 //! 0x0020_0000  the guest image      ELF segments, permissions from their flags
 //! image end    free RAM             read-write, not executable
+//! 0x30_0000_0000 grant window       not RAM: pages of other domains appear here when mapped
 //! ```
 //! The hv's own tables live outside RAM, in the hv region (see [`crate::x86`]).
 
@@ -17,7 +19,7 @@ use hypercall_abi::{MAX_VCPUS, PAGE_SIZE};
 
 use crate::error::ImageError;
 use crate::loader::GuestImage;
-use crate::x86::UserRange;
+use crate::x86::{UserRange, GRANT_WINDOW_GPA, GRANT_WINDOW_SLOTS};
 
 /// StartInfo page.
 pub const START_INFO_GPA: u64 = 0x1000;
@@ -25,6 +27,10 @@ pub const START_INFO_GPA: u64 = 0x1000;
 pub const SHARED_INFO_GPA: u64 = 0x2000;
 /// Console ring page.
 pub const CONSOLE_RING_GPA: u64 = 0x3000;
+/// Store ring page.
+pub const STORE_RING_GPA: u64 = 0x4000;
+/// One past the last page the hv shares with the guest at boot.
+const HV_SHARED_END: u64 = STORE_RING_GPA + PAGE_SIZE;
 /// First trap stack.
 pub const TRAP_STACKS_GPA: u64 = 0x1_0000;
 /// Size of a vCPU's alternate exception stack (IST1).
@@ -113,6 +119,11 @@ impl Layout {
         if image_end < mem {
             regions.push(region(image_end, mem, mem_kind::RAM));
         }
+        regions.push(region(
+            GRANT_WINDOW_GPA,
+            GRANT_WINDOW_GPA + GRANT_WINDOW_SLOTS as u64 * PAGE_SIZE,
+            mem_kind::GRANT_WINDOW,
+        ));
         debug_assert!(regions.len() <= MAX_MEM_REGIONS);
 
         let rw = |start: u64, end: u64| UserRange {
@@ -128,7 +139,7 @@ impl Layout {
                 writable: false,
                 executable: false,
             },
-            rw(SHARED_INFO_GPA, CONSOLE_RING_GPA + PAGE_SIZE),
+            rw(SHARED_INFO_GPA, HV_SHARED_END),
             rw(TRAP_STACKS_GPA, trap_end),
             rw(BOOT_STACK_GPA, BOOT_STACK_GPA + BOOT_STACK_SIZE),
         ];
@@ -224,11 +235,9 @@ mod tests {
         // The page shared by text and rodata is executable and read-only.
         let shared = l.user_ranges.iter().find(|r| r.start == 0x20_1000).unwrap();
         assert!(shared.executable && !shared.writable);
-        assert_eq!(l.regions.last().unwrap().kind, mem_kind::RAM);
-        assert_eq!(
-            l.regions.last().unwrap().base + l.regions.last().unwrap().len,
-            16 << 20
-        );
+        let ram = l.regions.iter().find(|r| r.kind == mem_kind::RAM).unwrap();
+        assert_eq!(ram.base + ram.len, 16 << 20);
+        assert_eq!(l.regions.last().unwrap().kind, mem_kind::GRANT_WINDOW);
     }
 
     #[test]

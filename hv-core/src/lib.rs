@@ -13,17 +13,21 @@
 //! - the `hv` CLI (`src/main.rs`) on top, with [`error`] giving each failure its exit code.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod console;
 pub mod domain;
 pub mod error;
 pub mod evtchn;
+pub mod grant;
 pub mod hypercall;
 pub mod kvm;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod registry;
 pub mod stats;
 pub mod store;
+pub mod store_service;
 pub mod time;
 pub mod vcpu;
 pub mod vmm;

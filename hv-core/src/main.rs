@@ -2,25 +2,29 @@
 //!
 //! ```text
 //! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--stats]
+//! hv run --config DOMAINS.toml [--stats]
 //! ```
 //! The guest's console goes to stdout; `hv`'s own messages (one line each) to stderr. `hv`
 //! exits with the guest's poweroff code (0..=63), or with one of the codes in
 //! `hv_core::error::exit_code`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use clap::{Parser, Subcommand};
 use hv_core::domain::StopReason;
-use hv_core::error::{exit_code, parse_size, HvError};
+use hv_core::config::{self, DomainSpec, DEFAULT_MEM};
+use hv_core::error::{exit_code, HvError};
 use hv_core::hypercall::OFFERED;
 use hv_core::kvm::{Kvm, KvmError};
-use hv_core::layout::{MAX_MEM, MIN_MEM};
 use hv_core::loader::GuestImage;
+use hv_core::registry::Registry;
 use hv_core::time::Clock;
 use hv_core::vmm::{kvm_path, start_domain, DomainConfig};
-use hypercall_abi::{MAX_VCPUS, PAGE_SIZE};
+use hypercall_abi::sched::MAX_EXIT_CODE;
+use hypercall_abi::MAX_VCPUS;
 
 /// A paravirtualized micro-hypervisor on KVM.
 #[derive(Parser)]
@@ -32,30 +36,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a guest kernel (a static x86_64 ELF built with guest-sdk) and run it to its end.
+    /// Boot a guest kernel (a static x86_64 ELF built with guest-sdk), or the domains of a
+    /// config file, and run them to their end.
     Run {
-        /// The guest image.
-        guest: PathBuf,
+        /// The guest image (or use --config).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        guest: Option<PathBuf>,
+        /// Run the domains described by this TOML file (see examples/).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Guest RAM: bytes, or with a K, M or G suffix.
-        #[arg(
-            long,
-            default_value = "64M",
-            value_name = "SIZE",
-            allow_hyphen_values = true
-        )]
+        #[arg(long, default_value = DEFAULT_MEM, value_name = "SIZE", allow_hyphen_values = true)]
         mem: String,
         /// Number of vCPUs (vCPU 0 starts; the guest starts others with vcpu_op(up)).
-        #[arg(
-            long,
-            default_value = "1",
-            value_name = "N",
-            allow_hyphen_values = true
-        )]
+        #[arg(long, default_value = "1", value_name = "N", allow_hyphen_values = true)]
         vcpus: String,
         /// Command line passed to the guest in StartInfo.
         #[arg(long, default_value = "", value_name = "STR")]
         cmdline: String,
-        /// Print exits by reason and hypercalls by number when the guest stops (to stderr).
+        /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
     },
@@ -111,60 +110,76 @@ fn main() -> ExitCode {
     debug_signal::block();
     let clock = Arc::new(Clock::new());
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run {
-            guest,
-            mem,
-            vcpus,
-            cmdline,
-            stats,
-        } => match run(&clock, guest, &mem, &vcpus, cmdline, stats, start) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("hv: error: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        },
+    let Command::Run {
+        guest,
+        config,
+        mem,
+        vcpus,
+        cmdline,
+        stats,
+    } = cli.command;
+    let specs = match (guest, config) {
+        (_, Some(file)) => config::load(&file),
+        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline),
+        (None, None) => Err(HvError::BadArgument("give a guest image or --config".into())),
+    };
+    match specs.and_then(|s| run(&clock, s, stats, start)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hv: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
-fn run(
-    clock: &Arc<Clock>,
-    guest: PathBuf,
-    mem: &str,
-    vcpus: &str,
-    cmdline: String,
-    stats: bool,
-    start: std::time::Instant,
-) -> Result<u8, HvError> {
-    let mem_bytes = parse_size("--mem", mem)?;
-    if !(MIN_MEM..=MAX_MEM).contains(&mem_bytes) || mem_bytes % PAGE_SIZE != 0 {
-        return Err(HvError::BadSize {
-            what: "--mem",
-            value: mem.to_string(),
-            why: format!(
-                "must be a multiple of 4 KiB between {} MiB and {} GiB",
-                MIN_MEM >> 20,
-                MAX_MEM >> 30
-            ),
-        });
+fn single(guest: PathBuf, mem: &str, vcpus: &str, cmdline: String) -> Result<Vec<DomainSpec>, HvError> {
+    let mem = config::parse_mem(mem)?;
+    let vcpus = config::parse_vcpus(vcpus)?;
+    config::check_cmdline(&cmdline)?;
+    let name = guest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "guest".into());
+    Ok(vec![DomainSpec {
+        name,
+        kernel: guest,
+        mem,
+        vcpus,
+        cmdline,
+    }])
+}
+
+/// Writes a domain's console output line by line, each line prefixed with the domain's name
+/// (used when several domains share stdout).
+struct Prefixed {
+    prefix: String,
+    line: Vec<u8>,
+}
+
+impl Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            self.line.push(b);
+            if b == b'\n' {
+                let mut out = std::io::stdout().lock();
+                out.write_all(self.prefix.as_bytes())?;
+                out.write_all(&self.line)?;
+                self.line.clear();
+            }
+        }
+        Ok(buf.len())
     }
-    let bad_vcpus = |max| HvError::BadVcpus {
-        value: vcpus.to_string(),
-        max,
-    };
-    let nr_vcpus: u32 = vcpus.trim().parse().map_err(|_| bad_vcpus(MAX_VCPUS))?;
-    if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
-        return Err(bad_vcpus(MAX_VCPUS));
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
-    if cmdline.len() > hypercall_abi::start_info::CMDLINE_MAX {
-        return Err(HvError::BadArgument(format!(
-            "--cmdline is {} bytes, at most {} are allowed",
-            cmdline.len(),
-            hypercall_abi::start_info::CMDLINE_MAX
-        )));
+}
+
+fn run(clock: &Arc<Clock>, specs: Vec<DomainSpec>, stats: bool, start: std::time::Instant) -> Result<u8, HvError> {
+    // Validate every image before starting anything.
+    let mut images = Vec::new();
+    for s in &specs {
+        images.push(GuestImage::load(&s.kernel, OFFERED)?);
     }
-    let image = GuestImage::load(&guest, OFFERED)?;
     let path = kvm_path();
     let kvm = Kvm::open(&path).map_err(|e| match e {
         KvmError::NotFound { .. } => HvError::KvmMissing { path: path.clone() },
@@ -172,43 +187,84 @@ fn run(
         other => HvError::Internal(other.to_string()),
     })?;
     let max = (kvm.max_vcpus() as u32).min(MAX_VCPUS);
-    if nr_vcpus > max {
-        return Err(bad_vcpus(max));
+    if let Some(s) = specs.iter().find(|s| s.vcpus > max) {
+        return Err(HvError::BadVcpus {
+            value: s.vcpus.to_string(),
+            max,
+        });
     }
-    let name = guest
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "guest".into());
-    let cfg = DomainConfig {
-        name: name.clone(),
-        image,
-        mem: mem_bytes,
-        vcpus: nr_vcpus,
-        cmdline,
-    };
-    let running = start_domain(&kvm, clock, 1, cfg, Box::new(std::io::stdout()))?;
-    let domain = Arc::clone(&running.domain);
-    debug_signal::watch(Arc::clone(&domain));
-    let reason = running.wait();
-    if stats {
-        eprint!("{}", domain.stats.report(&name));
-        eprintln!(
-            "  hv run time {:>20.3} ms",
-            start.elapsed().as_secs_f64() * 1e3
-        );
+    let registry = Registry::new();
+    let many = specs.len() > 1;
+    let (tx, rx) = mpsc::channel();
+    let mut started = 0;
+    for (i, (spec, image)) in specs.iter().zip(images).enumerate() {
+        let sink: Box<dyn Write + Send> = if many {
+            Box::new(Prefixed {
+                prefix: format!("[{}] ", spec.name),
+                line: Vec::new(),
+            })
+        } else {
+            Box::new(std::io::stdout())
+        };
+        let cfg = DomainConfig {
+            name: spec.name.clone(),
+            image,
+            mem: spec.mem,
+            vcpus: spec.vcpus,
+            cmdline: spec.cmdline.clone(),
+        };
+        let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
+            Ok(r) => r,
+            Err(e) => {
+                // Stop what already runs, then report.
+                registry.stop_all();
+                for _ in 0..started {
+                    let _ = rx.recv();
+                }
+                return Err(e);
+            }
+        };
+        started += 1;
+        debug_signal::watch(Arc::clone(&running.domain));
+        let (tx, registry) = (tx.clone(), Arc::clone(&registry));
+        std::thread::spawn(move || {
+            let domain = Arc::clone(&running.domain);
+            let reason = running.wait();
+            registry.remove(&domain);
+            let _ = tx.send((domain, reason));
+        });
     }
-    Ok(match reason {
-        StopReason::Poweroff(code) => {
-            eprintln!("hv: domain {name} powered off with code {code}");
-            code
+    drop(tx);
+    let mut worst: Option<u8> = None;
+    for (domain, reason) in rx {
+        let name = &domain.name;
+        if stats {
+            eprint!("{}", domain.stats.report(name));
+            eprintln!("  hv run time {:>20.3} ms", start.elapsed().as_secs_f64() * 1e3);
         }
-        StopReason::Crash(why) => {
-            eprintln!("hv: domain {name} crashed: {why}");
-            exit_code::GUEST_CRASHED
-        }
-        StopReason::HvError(why) => {
-            eprintln!("hv: error: domain {name}: {why}");
-            exit_code::HV_INTERNAL
-        }
-    })
+        let code = match reason {
+            StopReason::Poweroff(code) => {
+                eprintln!("hv: domain {name} (id {}) powered off with code {code}", domain.id);
+                code
+            }
+            StopReason::Crash(why) => {
+                eprintln!("hv: domain {name} (id {}) crashed: {why}", domain.id);
+                exit_code::GUEST_CRASHED
+            }
+            StopReason::HvError(why) => {
+                eprintln!("hv: error: domain {name} (id {}): {why}", domain.id);
+                exit_code::HV_INTERNAL
+            }
+        };
+        // Crashes and hv errors outrank poweroff codes; among poweroff codes the first
+        // non-zero one wins.
+        worst = Some(match worst {
+            None => code,
+            Some(w) if w > MAX_EXIT_CODE as u8 => w.max(code),
+            Some(_) if code > MAX_EXIT_CODE as u8 => code,
+            Some(0) => code,
+            Some(w) => w,
+        });
+    }
+    Ok(worst.unwrap_or(0))
 }

@@ -1,11 +1,17 @@
 //! A domain's RAM, and the only way the hv reads or writes it: every access is checked to lie
 //! entirely inside the domain's RAM (`EFAULT` otherwise), so no guest-supplied address can make
 //! the hv touch anything else.
+//!
+//! RAM is a shared mapping of a memfd, so that a frame one domain grants can also be mapped,
+//! page by page, into another domain's grant window (see [`crate::grant`]).
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::Arc;
 
 use hypercall_abi::Errno;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Guest RAM: one anonymous mapping at guest-physical 0.
@@ -13,6 +19,7 @@ pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
     host: *mut u8,
+    file: Arc<File>,
 }
 
 // SAFETY: the mapping is owned by `mem` and lives as long as `self`; `host` only caches its base
@@ -26,12 +33,34 @@ impl GuestRam {
     /// Maps `size` bytes of zeroed RAM.
     pub fn new(size: u64) -> std::io::Result<GuestRam> {
         let len = usize::try_from(size).map_err(std::io::Error::other)?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), len)])
-            .map_err(std::io::Error::other)?;
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"hv-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+        file.set_len(size)?;
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+            GuestAddress(0),
+            len,
+            Some(FileOffset::from_arc(Arc::clone(&file), 0)),
+        )])
+        .map_err(std::io::Error::other)?;
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(std::io::Error::other)?;
-        Ok(GuestRam { mem, size, host })
+        Ok(GuestRam {
+            mem,
+            size,
+            host,
+            file,
+        })
+    }
+
+    /// The memfd behind RAM (guest-physical address = file offset), for grant mappings.
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
     }
 
     /// RAM size in bytes.

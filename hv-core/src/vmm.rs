@@ -12,9 +12,11 @@ use hypercall_abi::{DomId, ABI_MAJOR, ABI_MINOR, HYPERCALL_PORT, PING_PORT};
 use zerocopy::FromZeros;
 
 use crate::console::{Console, Sink};
-use crate::domain::{Domain, DomainParts, Gates, StopReason};
+use crate::domain::{Domain, DomainParts, StopReason, Tables};
 use crate::error::HvError;
 use crate::evtchn::{Backend, PortTable, DEFAULT_MAX_PORTS};
+use crate::grant::Window;
+use crate::registry::Registry;
 use crate::hypercall::OFFERED;
 use crate::kvm::{BootState, Kvm, Vcpu, Vm};
 use crate::layout::{self, Layout};
@@ -22,7 +24,9 @@ use crate::loader::GuestImage;
 use crate::memory::GuestRam;
 use crate::time::{calibrate_tsc_hz, rdtsc, Clock};
 use crate::vcpu::VcpuThread;
-use crate::x86::{HvRegionLayout, HvTables, VcpuTables, HV_REGION_GPA};
+use crate::x86::{
+    HvRegionLayout, HvTables, VcpuTables, GRANT_WINDOW_GPA, GRANT_WINDOW_SLOTS, HV_REGION_GPA,
+};
 
 /// What to run in one domain.
 pub struct DomainConfig {
@@ -38,13 +42,13 @@ pub struct DomainConfig {
     pub cmdline: String,
 }
 
-/// The IDT of a domain, written in its hv region.
-struct IdtGates {
+/// The hv-owned tables of a domain (IDT, grant-window page table), written in its hv region.
+struct RegionTables {
     region: GuestRam,
     layout: HvRegionLayout,
 }
 
-impl IdtGates {
+impl RegionTables {
     fn with_tables<R>(&mut self, f: impl FnOnce(&mut HvTables<'_>) -> R) -> Option<R> {
         // SAFETY: the region mapping is owned by `self.region` and is `layout.size()` bytes
         // long; only this struct (behind the domain's gates mutex) writes it from the host, and
@@ -56,7 +60,7 @@ impl IdtGates {
     }
 }
 
-impl Gates for IdtGates {
+impl Tables for RegionTables {
     fn set_gate(&mut self, vector: u8, handler: u64, ist: u8) {
         self.with_tables(|t| t.set_gate(vector, handler, ist));
     }
@@ -65,6 +69,9 @@ impl Gates for IdtGates {
     }
     fn clear_gate(&mut self, vector: u8) {
         self.with_tables(|t| t.clear_gate(vector));
+    }
+    fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) {
+        self.with_tables(|t| t.set_window_pte(slot, writable));
     }
 }
 
@@ -102,10 +109,11 @@ impl RunningDomain {
     }
 }
 
-/// Builds domain `id` from `cfg` and starts its threads.
+/// Builds domain `id` from `cfg`, adds it to `registry` and starts its threads.
 pub fn start_domain(
     kvm: &Kvm,
     clock: &Arc<Clock>,
+    registry: &Arc<Registry>,
     id: DomId,
     cfg: DomainConfig,
     sink: Sink,
@@ -138,7 +146,7 @@ pub fn start_domain(
             io_ports: vec![HYPERCALL_PORT, PING_PORT],
         })
         .collect();
-    let mut gates = IdtGates {
+    let mut gates = RegionTables {
         region,
         layout: hv_layout,
     };
@@ -148,6 +156,7 @@ pub fn start_domain(
         .map_err(|e| internal("building the CPU tables")(e.to_string()))?;
 
     // The VM and its memory.
+    let window = Window::new().map_err(|e| internal("reserving the grant window")(e.to_string()))?;
     let vm = Vm::new(kvm).map_err(|e| internal("creating the VM")(e.to_string()))?;
     // SAFETY: both mappings are owned by the domain (RAM) and its gates (hv region), which the
     // returned RunningDomain keeps alive at least as long as the VM (`_vm` is dropped with it,
@@ -157,6 +166,8 @@ pub fn start_domain(
             .map_err(|e| internal("mapping guest RAM")(e.to_string()))?;
         vm.map_memory(1, HV_REGION_GPA, gates.region.host_base(), hv_layout.size())
             .map_err(|e| internal("mapping the hv region")(e.to_string()))?;
+        vm.map_memory(2, GRANT_WINDOW_GPA, window.host_base(), window.size())
+            .map_err(|e| internal("mapping the grant window")(e.to_string()))?;
     }
     let mut vcpus: Vec<Vcpu> = Vec::new();
     for v in 0..cfg.vcpus {
@@ -171,6 +182,9 @@ pub fn start_domain(
     let console_port = ports
         .bind_backend(Backend::Console)
         .map_err(|e| internal("binding the console")(e.to_string()))?;
+    let store_port = ports
+        .bind_backend(Backend::Store)
+        .map_err(|e| internal("binding the store")(e.to_string()))?;
 
     // StartInfo.
     let mut si = StartInfo::new_zeroed();
@@ -184,6 +198,10 @@ pub fn start_domain(
     si.shared_info_gpa = layout::SHARED_INFO_GPA;
     si.console_ring_gpa = layout::CONSOLE_RING_GPA;
     si.console_port = console_port;
+    si.store_port = store_port;
+    si.store_ring_gpa = layout::STORE_RING_GPA;
+    si.grant_window_gpa = GRANT_WINDOW_GPA;
+    si.grant_window_pages = GRANT_WINDOW_SLOTS;
     si.boot_system_time_ns = clock.now_ns();
     si.nr_mem_regions = layout.regions.len().min(MAX_MEM_REGIONS) as u32;
     for (dst, src) in si.mem_regions.iter_mut().zip(&layout.regions) {
@@ -221,8 +239,11 @@ pub fn start_domain(
         ports,
         console_port,
         console: Console::new(layout::CONSOLE_RING_GPA, sink),
-        gates: Box::new(gates),
+        tables: Box::new(gates),
+        window,
+        registry: Arc::downgrade(registry),
     }));
+    registry.insert(Arc::clone(&domain));
 
     let mut threads = Vec::new();
     for (v, vcpu) in vcpus.into_iter().enumerate() {

@@ -19,7 +19,12 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Guest-physical (and virtual) address of the hv region (256 GiB; PML4 slot 0, PDPT slot 256).
 pub const HV_REGION_GPA: u64 = 0x40_0000_0000;
 /// Largest guest RAM size: RAM must end below the hv region.
-pub const MAX_RAM_SIZE: u64 = HV_REGION_GPA;
+pub const MAX_RAM_SIZE: u64 = GRANT_WINDOW_GPA;
+/// Guest-physical (and virtual) base of the grant window, where a domain maps frames other
+/// domains granted it. One page table covers it.
+pub const GRANT_WINDOW_GPA: u64 = 0x30_0000_0000;
+/// Number of 4 KiB slots in the grant window.
+pub const GRANT_WINDOW_SLOTS: u32 = 512;
 
 /// Kernel 64-bit code segment selector (DPL 0; unused by guests, present for Linux's layout).
 pub const KERNEL_CS: u16 = 0x10;
@@ -192,7 +197,7 @@ impl HvRegionLayout {
         }
         let ram_pds = ram_size.div_ceil(PD_SPAN);
         let ram_pts = ram_size.div_ceil(PT_SPAN);
-        let fixed = 2 + ram_pds + ram_pts + 1 + 1 + u64::from(nr_vcpus) * PAGES_PER_VCPU + 1;
+        let fixed = 2 + ram_pds + ram_pts + 1 + 1 + u64::from(nr_vcpus) * PAGES_PER_VCPU + 1 + 2;
         // The hv page tables map the hv region, themselves included: find the fixed point.
         let mut hv_pts = 1;
         while (fixed + hv_pts).div_ceil(512) > hv_pts {
@@ -221,7 +226,19 @@ impl HvRegionLayout {
     }
     /// Total size of the hv region in bytes (a multiple of the page size).
     pub fn size(&self) -> u64 {
+        self.window_pt() + PAGE_SIZE
+    }
+    /// Offset of the grant window's page directory.
+    pub fn window_pd(&self) -> u64 {
         self.crash_stub() + PAGE_SIZE
+    }
+    /// Offset of the grant window's page table.
+    pub fn window_pt(&self) -> u64 {
+        self.window_pd() + PAGE_SIZE
+    }
+    /// Offset of the leaf entry that maps grant-window slot `slot`.
+    pub fn window_pte_offset(&self, slot: u32) -> Option<u64> {
+        (slot < GRANT_WINDOW_SLOTS).then(|| self.window_pt() + u64::from(slot) * 8)
     }
     /// Offset of the PML4.
     pub fn pml4(&self) -> u64 {
@@ -509,6 +526,12 @@ impl<'a> HvTables<'a> {
             self.put_u64(l.ram_pd() + i * 8, l.gpa(pt) | TABLE);
         }
         self.put_u64(l.pdpt() + HV_PDPT_INDEX * 8, l.gpa(l.hv_pd()) | TABLE);
+        // The grant window: its leaves start not present; `set_window_pte` fills them.
+        self.put_u64(
+            l.pdpt() + ((GRANT_WINDOW_GPA / PD_SPAN) % 512) * 8,
+            l.gpa(l.window_pd()) | TABLE,
+        );
+        self.put_u64(l.window_pd(), l.gpa(l.window_pt()) | TABLE);
         for i in 0..l.hv_pts {
             let pt = l.hv_pt() + i * PAGE_SIZE;
             self.put_u64(l.hv_pd() + i * 8, l.gpa(pt) | TABLE);
@@ -584,6 +607,27 @@ impl<'a> HvTables<'a> {
         for &port in t.io_ports.iter().chain(&[CRASH_PORT]) {
             self.mem[bitmap + usize::from(port / 8)] &= !(1 << (port % 8));
         }
+        Ok(())
+    }
+
+    /// Maps grant-window slot `slot` for the guest (user, no-execute, writable or not), or
+    /// unmaps it (`None`). The slot's backing memory is the hv's business.
+    pub fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) -> Result<(), X86Error> {
+        let off = self
+            .layout
+            .window_pte_offset(slot)
+            .ok_or(X86Error::BadRange {
+                start: u64::from(slot),
+                end: u64::from(GRANT_WINDOW_SLOTS),
+            })?;
+        let e = match writable {
+            None => 0,
+            Some(w) => {
+                let gpa = GRANT_WINDOW_GPA + u64::from(slot) * PAGE_SIZE;
+                gpa | pte::P | pte::US | pte::NX | if w { pte::RW } else { 0 }
+            }
+        };
+        self.put_u64(off, e);
         Ok(())
     }
 

@@ -38,6 +38,17 @@ pub const MASK: u64 = 5;
 /// `EINVAL` for a port that is not open.
 pub const UNMASK: u64 = 6;
 
+/// `alloc_unbound(remote_domid) -> port`: a new port that domain `remote_domid` (which may be
+/// the caller) can connect to with [`BIND_INTERDOMAIN`]. Its events go to vCPU 0. `ESRCH` if
+/// the domain does not exist, `ENOSPC` if no port is free.
+pub const ALLOC_UNBOUND: u64 = 7;
+/// `bind_interdomain(remote_domid, remote_port) -> port`: connect a new local port to the
+/// unbound port `remote_port` of `remote_domid`, which must have been allocated for the caller.
+/// Afterwards `send` on either end raises an event on the other. `ESRCH` if the domain does not
+/// exist; `EINVAL` if the remote port is not an unbound port; `EACCES` if it is unbound for
+/// another domain; `ENOSPC` if no local port is free.
+pub const BIND_INTERDOMAIN: u64 = 8;
+
 /// Virtual interrupts (the `virq` of [`BIND_VIRQ`]).
 pub mod virq {
     /// The vCPU's one-shot timer (`set_timer`) fired. Per vCPU.
@@ -56,8 +67,12 @@ pub mod state {
     pub const VIRQ: u32 = 1;
     /// An IPI port.
     pub const IPI: u32 = 2;
-    /// Connected to a backend the hypervisor hosts (the console).
+    /// Connected to a backend the hypervisor hosts (the console, the store).
     pub const HV_BACKEND: u32 = 3;
+    /// Allocated for `remote_domid` to connect to.
+    pub const UNBOUND: u32 = 4;
+    /// Connected to `remote_port` of `remote_domid`.
+    pub const INTERDOMAIN: u32 = 5;
 }
 
 /// The status of a port, written by [`STATUS`].
@@ -74,15 +89,19 @@ pub struct EvtchnStatus {
     pub vcpu: u32,
     /// The VIRQ, for [`state::VIRQ`]; otherwise 0.
     pub virq: u32,
-    /// The peer domain for [`state::HV_BACKEND`] ([`crate::DOMID_HV`]); otherwise 0.
+    /// The peer domain: [`crate::DOMID_HV`] for [`state::HV_BACKEND`], the remote domain for
+    /// [`state::UNBOUND`] and [`state::INTERDOMAIN`]; otherwise 0.
     pub remote_domid: u32,
+    /// The remote port for [`state::INTERDOMAIN`]; otherwise 0.
+    pub remote_port: u32,
     /// 1 if the port's pending bit is set.
     pub pending: u8,
     /// 1 if the port's mask bit is set.
     pub masked: u8,
     /// Reserved, zero.
-    pub pad: [u8; 2],
+    pub pad: [u8; 6],
 }
-const _: () = assert!(size_of::<EvtchnStatus>() == 24);
+const _: () = assert!(size_of::<EvtchnStatus>() == 32);
 const _: () = assert!(offset_of!(EvtchnStatus, remote_domid) == 16);
-const _: () = assert!(offset_of!(EvtchnStatus, pending) == 20);
+const _: () = assert!(offset_of!(EvtchnStatus, remote_port) == 20);
+const _: () = assert!(offset_of!(EvtchnStatus, pending) == 24);

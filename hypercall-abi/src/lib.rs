@@ -20,6 +20,8 @@
 pub mod console;
 pub mod errno;
 pub mod evtchn;
+pub mod grant;
+pub mod multicall;
 pub mod note;
 pub mod ring;
 pub mod sched;
@@ -79,6 +81,15 @@ bitflags::bitflags! {
         const TRAPS = 1 << 5;
         /// Secondary vCPUs started by [`hypercall::VCPU_OP`] with [`vcpu::UP`].
         const SMP = 1 << 6;
+        /// Event channels between domains ([`evtchn::ALLOC_UNBOUND`],
+        /// [`evtchn::BIND_INTERDOMAIN`]).
+        const INTERDOMAIN = 1 << 7;
+        /// Grant tables ([`hypercall::GRANT_OP`]) and the grant window.
+        const GRANT_TABLES = 1 << 8;
+        /// Batches of hypercalls ([`hypercall::MULTICALL`]).
+        const MULTICALL = 1 << 9;
+        /// The store ([`store`]), reached over its ring and event channel.
+        const STORE = 1 << 10;
     }
 }
 
@@ -106,8 +117,12 @@ pub mod hypercall {
     pub const EVTCHN_OP: u64 = 6;
     /// `vcpu_op(cmd, vcpu, gpa)`: bring up a vCPU, query it, read fault info. See [`crate::vcpu`].
     pub const VCPU_OP: u64 = 7;
+    /// `grant_op(cmd, ...)`: grant tables. See [`crate::grant`].
+    pub const GRANT_OP: u64 = 8;
+    /// `multicall(gpa, count)`: a batch of hypercalls. See [`crate::multicall`].
+    pub const MULTICALL: u64 = 9;
     /// One past the highest hypercall number of ABI 1.0.
-    pub const COUNT: u64 = 8;
+    pub const COUNT: u64 = 10;
 
     /// The name of a hypercall number, for diagnostics and statistics.
     pub const fn name(nr: u64) -> &'static str {
@@ -120,6 +135,8 @@ pub mod hypercall {
             SET_TIMER => "set_timer",
             EVTCHN_OP => "evtchn_op",
             VCPU_OP => "vcpu_op",
+            GRANT_OP => "grant_op",
+            MULTICALL => "multicall",
             _ => "unknown",
         }
     }

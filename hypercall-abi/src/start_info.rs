@@ -21,13 +21,16 @@ pub mod mem_kind {
     pub const RAM: u32 = 1;
     /// The loaded guest image (its ELF segments).
     pub const IMAGE: u32 = 2;
-    /// Pages the hypervisor shares with the guest: start info, shared info, console ring.
+    /// Pages the hypervisor shares with the guest: start info, shared info, console ring, store
+    /// ring.
     pub const HV_SHARED: u32 = 3;
     /// The boot stack (the guest may keep using it).
     pub const BOOT_STACK: u32 = 4;
     /// Per-vCPU exception stacks: the alternate stack used by handlers registered with
     /// `TRAP_ALT_STACK`, and the hypervisor's crash-report stack. Do not use for anything else.
     pub const TRAP_STACKS: u32 = 5;
+    /// The grant window (not RAM: pages appear there when `grant_op(map)` maps them).
+    pub const GRANT_WINDOW: u32 = 6;
 }
 
 /// One range of the guest-physical memory map.
@@ -75,14 +78,21 @@ pub struct StartInfo {
     pub console_ring_gpa: u64,
     /// Event channel port of the console ring, already bound to the hypervisor's console.
     pub console_port: u32,
-    /// Reserved, zero.
-    pub pad1: u32,
-    /// System time (ns, see [`crate::time`]) when the domain was created.
-    pub boot_system_time_ns: u64,
+    /// Event channel port of the store ring, already bound to the hypervisor's store.
+    pub store_port: u32,
+    /// Guest-physical address of the store ring page (see [`crate::store`]).
+    pub store_ring_gpa: u64,
+    /// Guest-physical (= virtual) address of the grant window, where `grant_op(map)` maps
+    /// frames granted by other domains.
+    pub grant_window_gpa: u64,
+    /// Number of 4 KiB pages in the grant window.
+    pub grant_window_pages: u32,
     /// Length of the command line in `cmdline` (no NUL terminator).
     pub cmdline_len: u32,
+    /// System time (ns, see [`crate::time`]) when the domain was created.
+    pub boot_system_time_ns: u64,
     /// Reserved, zero.
-    pub pad2: u32,
+    pub reserved: [u64; 4],
     /// The memory map: sorted, non-overlapping, covering all mapped guest RAM.
     pub mem_regions: [MemRegion; MAX_MEM_REGIONS],
     /// The command line (UTF-8, `cmdline_len` bytes).
@@ -94,11 +104,15 @@ const _: () = assert!(offset_of!(StartInfo, ram_bytes) == 32);
 const _: () = assert!(offset_of!(StartInfo, shared_info_gpa) == 40);
 const _: () = assert!(offset_of!(StartInfo, console_ring_gpa) == 48);
 const _: () = assert!(offset_of!(StartInfo, console_port) == 56);
-const _: () = assert!(offset_of!(StartInfo, boot_system_time_ns) == 64);
-const _: () = assert!(offset_of!(StartInfo, cmdline_len) == 72);
-const _: () = assert!(offset_of!(StartInfo, mem_regions) == 80);
-const _: () = assert!(offset_of!(StartInfo, cmdline) == 80 + 24 * MAX_MEM_REGIONS);
-const _: () = assert!(size_of::<StartInfo>() == 80 + 24 * MAX_MEM_REGIONS + CMDLINE_MAX);
+const _: () = assert!(offset_of!(StartInfo, store_port) == 60);
+const _: () = assert!(offset_of!(StartInfo, store_ring_gpa) == 64);
+const _: () = assert!(offset_of!(StartInfo, grant_window_gpa) == 72);
+const _: () = assert!(offset_of!(StartInfo, grant_window_pages) == 80);
+const _: () = assert!(offset_of!(StartInfo, cmdline_len) == 84);
+const _: () = assert!(offset_of!(StartInfo, boot_system_time_ns) == 88);
+const _: () = assert!(offset_of!(StartInfo, mem_regions) == 128);
+const _: () = assert!(offset_of!(StartInfo, cmdline) == 128 + 24 * MAX_MEM_REGIONS);
+const _: () = assert!(size_of::<StartInfo>() == 128 + 24 * MAX_MEM_REGIONS + CMDLINE_MAX);
 const _: () = assert!(size_of::<StartInfo>() <= 4096);
 
 impl StartInfo {

@@ -281,7 +281,9 @@ fn with_counted_ipi(f: impl FnOnce(Port) -> Check) -> Check {
 
 static CASES: &[Case] = &[
     // Hypercall numbers.
-    raw("hypercall_nr_8_enosys", E(ENOSYS), |_| hc(8, 0, 0, 0, 0, 0)),
+    raw("hypercall_nr_count_enosys", E(ENOSYS), |_| {
+        hc(nr::COUNT, 0, 0, 0, 0, 0)
+    }),
     raw("hypercall_nr_1000_enosys", E(ENOSYS), |_| {
         hc(1000, 0, 0, 0, 0, 0)
     }),
@@ -469,7 +471,7 @@ static CASES: &[Case] = &[
         )
     }),
     // evtchn_op.
-    raw("evtchn_unknown_cmd", E(EINVAL), |_| evtchn_op(7, 0, 0)),
+    raw("evtchn_unknown_cmd", E(EINVAL), |_| evtchn_op(99, 0, 0)),
     raw("evtchn_bind_virq_unknown_virq", E(EINVAL), |_| {
         evtchn_op(evtchn::BIND_VIRQ, u64::from(virq::COUNT), 0)
     }),

@@ -1,0 +1,74 @@
+//! The domains of one `hv` process, and the state they share: the grant book and the store.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use hypercall_abi::{DomId, Errno};
+
+use crate::domain::Domain;
+use crate::grant::GrantBook;
+
+/// Every live domain, by id.
+#[derive(Default)]
+pub struct Registry {
+    domains: RwLock<BTreeMap<DomId, Arc<Domain>>>,
+    grants: Mutex<GrantBook>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// Adds a domain.
+    pub fn insert(&self, d: Arc<Domain>) {
+        self.grants().add_domain(d.id);
+        self.domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.id, d);
+    }
+
+    /// A live domain, or `ESRCH`.
+    pub fn get(&self, id: DomId) -> Result<Arc<Domain>, Errno> {
+        self.domains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or(Errno::ESRCH)
+    }
+
+    /// Removes a stopped domain: its interdomain peers become unbound and its grants are
+    /// revoked from their holders.
+    pub fn remove(&self, dom: &Domain) {
+        self.domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&dom.id);
+        dom.disconnect_peers();
+        self.grants().remove_domain(dom, |id| self.get(id).ok());
+    }
+
+    /// Tells every domain to stop (used when starting a later domain failed).
+    pub fn stop_all(&self) {
+        let all: Vec<Arc<Domain>> = self
+            .domains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for d in all {
+            d.stop(crate::domain::StopReason::HvError(
+                "another domain failed to start".into(),
+            ));
+        }
+    }
+
+    /// The grant book (one lock for all grant operations).
+    pub fn grants(&self) -> MutexGuard<'_, GrantBook> {
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
