@@ -120,8 +120,16 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
     let mut specs: Vec<DomainSpec> = Vec::new();
     for e in file.domain {
         let ctx = |err: HvError| bad(format!("domain {:?}: {err}", e.name));
-        if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(bad(format!("domain name {:?} must be non-empty [A-Za-z0-9_.-]", e.name)));
+        if e.name.is_empty()
+            || !e
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(format!(
+                "domain name {:?} must be non-empty [A-Za-z0-9_.-]",
+                e.name
+            )));
         }
         if specs.iter().any(|s| s.name == e.name) {
             return Err(bad(format!("two domains are named {:?}", e.name)));
@@ -151,7 +159,10 @@ mod tests {
     fn load_str(text: &str) -> Result<Vec<DomainSpec>, HvError> {
         let dir = std::env::temp_dir().join(format!("hv-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("{:x}.toml", text.len() * 7919 + text.bytes().map(u64::from).sum::<u64>() as usize));
+        let p = dir.join(format!(
+            "{:x}.toml",
+            text.len() * 7919 + text.bytes().map(u64::from).sum::<u64>() as usize
+        ));
         std::fs::write(&p, text).unwrap();
         load(&p)
     }
@@ -165,7 +176,10 @@ mod tests {
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].mem, 64 << 20);
         assert!(specs[0].kernel.ends_with("k.elf") && specs[0].kernel.is_absolute());
-        assert_eq!((specs[1].mem, specs[1].vcpus, specs[1].cmdline.as_str()), (32 << 20, 2, "x=1"));
+        assert_eq!(
+            (specs[1].mem, specs[1].vcpus, specs[1].cmdline.as_str()),
+            (32 << 20, 2, "x=1")
+        );
         assert_eq!(specs[1].kernel, PathBuf::from("/abs/k"));
     }
 
@@ -181,7 +195,10 @@ mod tests {
             "[[domain]]\nname = \"a\"\nkernel = \"k\"\nvcpus = 0\n",
             "not toml at all [",
         ] {
-            assert!(matches!(load_str(bad), Err(HvError::BadConfig { .. })), "{bad:?}");
+            assert!(
+                matches!(load_str(bad), Err(HvError::BadConfig { .. })),
+                "{bad:?}"
+            );
         }
     }
 }

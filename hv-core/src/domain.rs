@@ -18,10 +18,10 @@ use hypercall_abi::{DomId, Errno};
 use crate::console::Console;
 use crate::evtchn::{Backend, Binding, PortTable};
 use crate::grant::Window;
-use crate::registry::Registry;
 use crate::layout::SHARED_INFO_GPA;
 use crate::loader::SymbolTable;
 use crate::memory::GuestRam;
+use crate::registry::Registry;
 use crate::stats::Stats;
 use crate::time::Clock;
 
@@ -83,7 +83,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Locks two different domains' port tables in domain-id order (no deadlock); returns
 /// (`a`'s, `b`'s).
-fn lock_two<'a>(a: &'a Domain, b: &'a Domain) -> (MutexGuard<'a, PortTable>, MutexGuard<'a, PortTable>) {
+fn lock_two<'a>(
+    a: &'a Domain,
+    b: &'a Domain,
+) -> (MutexGuard<'a, PortTable>, MutexGuard<'a, PortTable>) {
     if a.id < b.id {
         let ga = lock(&a.ports);
         let gb = lock(&b.ports);
@@ -248,13 +251,25 @@ impl Domain {
             let mut t = self.ports();
             let rp = check(&t)?;
             let lp = t.bind_interdomain(self.id, rp)?;
-            t.rebind(rp, Binding::Interdomain { remote: self.id, remote_port: lp });
+            t.rebind(
+                rp,
+                Binding::Interdomain {
+                    remote: self.id,
+                    remote_port: lp,
+                },
+            );
             lp
         } else {
             let (mut mine, mut theirs) = lock_two(self, &peer);
             let rp = check(&theirs)?;
             let lp = mine.bind_interdomain(remote, rp)?;
-            theirs.rebind(rp, Binding::Interdomain { remote: self.id, remote_port: lp });
+            theirs.rebind(
+                rp,
+                Binding::Interdomain {
+                    remote: self.id,
+                    remote_port: lp,
+                },
+            );
             lp
         };
         self.reset_port_bits(local);
@@ -271,7 +286,10 @@ impl Domain {
             }
             Binding::HvBackend(b) => Ok(Some(b)),
             Binding::Unbound { .. } => Ok(None),
-            Binding::Interdomain { remote, remote_port } => {
+            Binding::Interdomain {
+                remote,
+                remote_port,
+            } => {
                 if let Ok(peer) = self.peer(remote) {
                     let vcpu = peer.ports().get(remote_port as u64).map(|b| b.vcpu());
                     if let Ok(vcpu) = vcpu {
@@ -287,18 +305,19 @@ impl Domain {
     pub fn close_port(&self, port: u64) -> Result<(), Errno> {
         let b = self.ports().get(port)?;
         match b {
-            Binding::Interdomain { remote, remote_port } if remote != self.id => {
-                match self.peer(remote) {
-                    Ok(peer) => {
-                        let (mut mine, mut theirs) = lock_two(self, &peer);
-                        mine.close(port)?;
-                        unbind_peer(&mut theirs, remote_port, self.id, port as Port);
-                    }
-                    Err(_) => {
-                        self.ports().close(port)?;
-                    }
+            Binding::Interdomain {
+                remote,
+                remote_port,
+            } if remote != self.id => match self.peer(remote) {
+                Ok(peer) => {
+                    let (mut mine, mut theirs) = lock_two(self, &peer);
+                    mine.close(port)?;
+                    unbind_peer(&mut theirs, remote_port, self.id, port as Port);
                 }
-            }
+                Err(_) => {
+                    self.ports().close(port)?;
+                }
+            },
             Binding::Interdomain { remote_port, .. } => {
                 let mut t = self.ports();
                 t.close(port)?;
@@ -316,7 +335,11 @@ impl Domain {
     pub fn disconnect_peers(&self) {
         let ports = self.ports().open_ports();
         for (port, b) in ports {
-            if let Binding::Interdomain { remote, remote_port } = b {
+            if let Binding::Interdomain {
+                remote,
+                remote_port,
+            } = b
+            {
                 if remote == self.id {
                     continue;
                 }

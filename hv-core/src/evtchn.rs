@@ -258,9 +258,18 @@ mod tests {
         let u = t.alloc_unbound(7).unwrap();
         assert_eq!(t.status(u as u64).unwrap().state, state::UNBOUND);
         assert_eq!(t.status(u as u64).unwrap().remote_domid, 7);
-        t.rebind(u, Binding::Interdomain { remote: 7, remote_port: 9 });
+        t.rebind(
+            u,
+            Binding::Interdomain {
+                remote: 7,
+                remote_port: 9,
+            },
+        );
         let s = t.status(u as u64).unwrap();
-        assert_eq!((s.state, s.remote_domid, s.remote_port), (state::INTERDOMAIN, 7, 9));
+        assert_eq!(
+            (s.state, s.remote_domid, s.remote_port),
+            (state::INTERDOMAIN, 7, 9)
+        );
         t.close(u as u64).unwrap();
         assert_eq!(t.close(timer as u64), Err(Errno::EINVAL));
         assert_eq!(t.virq_port(virq::TIMER, 0), None);

@@ -155,7 +155,12 @@ struct Granted {
 }
 
 /// Reads and checks `granter`'s entry `gref` for use by `grantee`.
-fn read_entry(book: &GrantBook, granter: &Domain, gref: u64, grantee: DomId) -> Result<Granted, Errno> {
+fn read_entry(
+    book: &GrantBook,
+    granter: &Domain,
+    gref: u64,
+    grantee: DomId,
+) -> Result<Granted, Errno> {
     let (gpa, nr) = book
         .doms
         .get(&granter.id)
@@ -217,7 +222,14 @@ impl GrantBook {
     }
 
     /// `map(granter, gref, gpa, flags)` by `grantee`.
-    pub fn map(&mut self, grantee: &Domain, granter: &Arc<Domain>, gref: u64, gpa: u64, flags: u64) -> Result<(), Errno> {
+    pub fn map(
+        &mut self,
+        grantee: &Domain,
+        granter: &Arc<Domain>,
+        gref: u64,
+        gpa: u64,
+        flags: u64,
+    ) -> Result<(), Errno> {
         if flags & !MAP_READONLY != 0 {
             return Err(Errno::EINVAL);
         }
@@ -261,7 +273,10 @@ impl GrantBook {
         if grantee.window().unmap(slot).is_err() {
             // The page table no longer maps the slot, so the guest cannot reach the old page
             // even if the host mapping could not be replaced.
-            eprintln!("hv: grant: could not reset window slot {slot} of domain {}", grantee.id);
+            eprintln!(
+                "hv: grant: could not reset window slot {slot} of domain {}",
+                grantee.id
+            );
         }
     }
 
@@ -311,7 +326,12 @@ impl GrantBook {
     }
 
     /// `revoke(gref)` by the granter; `lookup` finds live domains. Returns mappings removed.
-    pub fn revoke(&mut self, dom: &Domain, gref: u64, lookup: impl Fn(DomId) -> Option<Arc<Domain>>) -> Result<u64, Errno> {
+    pub fn revoke(
+        &mut self,
+        dom: &Domain,
+        gref: u64,
+        lookup: impl Fn(DomId) -> Option<Arc<Domain>>,
+    ) -> Result<u64, Errno> {
         let entry = self.check_own_ref(dom, gref)?;
         let holders = self
             .dom(dom.id)
@@ -364,7 +384,12 @@ impl GrantBook {
         Ok((granter, g.frame + p.addr))
     }
 
-    fn copy_one(&self, caller: &Arc<Domain>, op: &GrantCopy, lookup: &impl Fn(DomId) -> Option<Arc<Domain>>) -> Result<(), Errno> {
+    fn copy_one(
+        &self,
+        caller: &Arc<Domain>,
+        op: &GrantCopy,
+        lookup: &impl Fn(DomId) -> Option<Arc<Domain>>,
+    ) -> Result<(), Errno> {
         if op.flags & !(COPY_SRC_GREF | COPY_DST_GREF) != 0 || op.pad != 0 {
             return Err(Errno::EINVAL);
         }
@@ -372,15 +397,35 @@ impl GrantBook {
         if len == 0 || len > PAGE_SIZE {
             return Err(Errno::EINVAL);
         }
-        let (src_dom, src) = self.resolve(caller, &op.src, op.flags & COPY_SRC_GREF != 0, len, false, lookup)?;
-        let (dst_dom, dst) = self.resolve(caller, &op.dst, op.flags & COPY_DST_GREF != 0, len, true, lookup)?;
+        let (src_dom, src) = self.resolve(
+            caller,
+            &op.src,
+            op.flags & COPY_SRC_GREF != 0,
+            len,
+            false,
+            lookup,
+        )?;
+        let (dst_dom, dst) = self.resolve(
+            caller,
+            &op.dst,
+            op.flags & COPY_DST_GREF != 0,
+            len,
+            true,
+            lookup,
+        )?;
         let mut buf = vec![0u8; len as usize];
         src_dom.ram.read(src, &mut buf)?;
         dst_dom.ram.write(dst, &buf)
     }
 
     /// `copy(gpa, count)` by `caller`.
-    pub fn copy(&self, caller: &Arc<Domain>, gpa: u64, count: u64, lookup: impl Fn(DomId) -> Option<Arc<Domain>>) -> Result<(), Errno> {
+    pub fn copy(
+        &self,
+        caller: &Arc<Domain>,
+        gpa: u64,
+        count: u64,
+        lookup: impl Fn(DomId) -> Option<Arc<Domain>>,
+    ) -> Result<(), Errno> {
         if count > MAX_COPY_OPS {
             return Err(Errno::E2BIG);
         }

@@ -72,7 +72,13 @@ pub fn dispatch(dom: &Arc<Domain>, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl
     dispatch_one(dom, vcpu, call, ctl, false)
 }
 
-fn dispatch_one(dom: &Arc<Domain>, vcpu: u32, call: &Call, ctl: &mut dyn VcpuCtl, in_batch: bool) -> Action {
+fn dispatch_one(
+    dom: &Arc<Domain>,
+    vcpu: u32,
+    call: &Call,
+    ctl: &mut dyn VcpuCtl,
+    in_batch: bool,
+) -> Action {
     dom.stats.hypercall(call.nr);
     let [a0, a1, a2, a3, a4] = call.args;
     let r = match call.nr {
@@ -308,7 +314,13 @@ fn grant_op(dom: &Arc<Domain>, cmd: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> 
     }
 }
 
-fn multicall(dom: &Arc<Domain>, vcpu: u32, gpa: u64, count: u64, ctl: &mut dyn VcpuCtl) -> HcResult {
+fn multicall(
+    dom: &Arc<Domain>,
+    vcpu: u32,
+    gpa: u64,
+    count: u64,
+    ctl: &mut dyn VcpuCtl,
+) -> HcResult {
     if count > MAX_MULTICALL {
         return Err(Errno::E2BIG);
     }
@@ -316,14 +328,18 @@ fn multicall(dom: &Arc<Domain>, vcpu: u32, gpa: u64, count: u64, ctl: &mut dyn V
     dom.ram
         .read(gpa, zerocopy::IntoBytes::as_mut_bytes(calls.as_mut_slice()))?;
     for (i, c) in calls.iter_mut().enumerate() {
-        let call = Call { nr: c.op, args: c.args };
+        let call = Call {
+            nr: c.op,
+            args: c.args,
+        };
         match dispatch_one(dom, vcpu, &call, ctl, true) {
             Action::Return(v) => c.result = v,
             stop @ Action::Stop(_) => return Ok(stop),
             // Sleeping commands are refused in a batch, so nothing else comes back.
             Action::Block | Action::Poll { .. } => c.result = Errno::EINVAL.to_raw(),
         }
-        let off = (i * size_of::<MulticallEntry>() + std::mem::offset_of!(MulticallEntry, result)) as u64;
+        let off =
+            (i * size_of::<MulticallEntry>() + std::mem::offset_of!(MulticallEntry, result)) as u64;
         dom.ram.write_obj(gpa + off, &c.result)?;
     }
     ret(0)

@@ -12,13 +12,14 @@ use zerocopy::IntoBytes;
 use super::*;
 use crate::console::Console;
 use crate::domain::{DomainParts, Tables};
-use crate::grant::Window;
-use crate::registry::Registry;
 use crate::evtchn::{PortTable, DEFAULT_MAX_PORTS};
+use crate::grant::Window;
 use crate::layout::CONSOLE_RING_GPA;
 use crate::loader::SymbolTable;
 use crate::memory::GuestRam;
+use crate::registry::Registry;
 use crate::time::Clock;
+use hypercall_abi::grant as gt;
 
 const MEM: u64 = 4 << 20;
 const SCRATCH: u64 = 0x30_0000;
@@ -48,7 +49,10 @@ impl Tables for GateLog {
         self.0.lock().unwrap().push((vector, 0, 0));
     }
     fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) {
-        self.0.lock().unwrap().push((255, slot as u64, writable.map_or(0, |w| 1 + w as u8)));
+        self.0
+            .lock()
+            .unwrap()
+            .push((255, slot as u64, writable.map_or(0, |w| 1 + w as u8)));
     }
 }
 
@@ -548,4 +552,436 @@ fn timer_fires_virq_timer() {
     assert!(t.dom.clock.now_ns() >= deadline);
     t.dom.stop(StopReason::Poweroff(0));
     timers.join().unwrap();
+}
+
+// ---- two domains: interdomain event channels, grants, multicall ----
+
+use hypercall_abi::grant::{
+    CopyPtr, GrantCopy, GrantEntry, COPY_DST_GREF, COPY_SRC_GREF, GTF_PERMIT_ACCESS, GTF_READONLY,
+    MAP_READONLY,
+};
+use hypercall_abi::multicall::MulticallEntry;
+
+use crate::x86::{GRANT_WINDOW_GPA, GRANT_WINDOW_SLOTS};
+
+fn pair() -> (T, T) {
+    let registry = Registry::new();
+    (domain_in(&registry, 1, 1), domain_in(&registry, 2, 1))
+}
+
+#[test]
+fn interdomain_channel_connects_sends_and_unbinds_on_close() {
+    let (a, b) = pair();
+    assert_eq!(a.err(hc::EVTCHN_OP, &[ev::ALLOC_UNBOUND, 9]), Errno::ESRCH);
+    assert_eq!(
+        a.err(hc::EVTCHN_OP, &[ev::ALLOC_UNBOUND, u64::MAX]),
+        Errno::ESRCH
+    );
+    let pa = a.rax(hc::EVTCHN_OP, &[ev::ALLOC_UNBOUND, 2]) as u64;
+    let s = status(&a, pa);
+    assert_eq!((s.state, s.remote_domid), (state::UNBOUND, 2));
+    // Sending on an unbound port raises nothing.
+    assert_eq!(a.rax(hc::EVTCHN_OP, &[ev::SEND, pa]), 0);
+    // Only the named domain may bind it; only unbound ports can be bound.
+    let other = b.rax(hc::EVTCHN_OP, &[ev::ALLOC_UNBOUND, 1]) as u64;
+    assert_eq!(
+        b.err(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 1, 1]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        b.err(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 1, 4000]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        b.err(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 7, pa]),
+        Errno::ESRCH
+    );
+    let pb = b.rax(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 1, pa]) as u64;
+    assert_eq!(
+        b.err(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 1, pa]),
+        Errno::EINVAL,
+        "already bound"
+    );
+    let s = status(&a, pa);
+    assert_eq!(
+        (s.state, s.remote_domid, s.remote_port),
+        (state::INTERDOMAIN, 2, pb as u32)
+    );
+    // A third domain cannot bind a port meant for someone else.
+    let c = domain_in(&a._registry, 3, 1);
+    assert_eq!(
+        c.err(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 2, other]),
+        Errno::EACCES
+    );
+
+    assert_eq!(a.rax(hc::EVTCHN_OP, &[ev::SEND, pa]), 0);
+    assert!(b.dom.is_pending(pb as u32));
+    assert!(!a.dom.is_pending(pa as u32));
+    assert_eq!(b.rax(hc::EVTCHN_OP, &[ev::SEND, pb]), 0);
+    assert!(a.dom.is_pending(pa as u32));
+
+    assert_eq!(a.rax(hc::EVTCHN_OP, &[ev::CLOSE, pa]), 0);
+    let s = status(&b, pb);
+    assert_eq!(
+        (s.state, s.remote_domid),
+        (state::UNBOUND, 1),
+        "peer returns to unbound"
+    );
+    assert_eq!(a.err(hc::EVTCHN_OP, &[ev::SEND, pa]), Errno::EINVAL);
+}
+
+const TABLE: u64 = 0x30_0000;
+const FRAME: u64 = 0x31_0000;
+
+fn grant(t: &T, gref: u64, entry: GrantEntry) {
+    t.dom.ram.write_obj(TABLE + gref * 16, &entry).unwrap();
+}
+
+#[test]
+fn grant_map_shares_the_frame_and_refuses_misuse() {
+    let (a, b) = pair();
+    let win = GRANT_WINDOW_GPA;
+    // Without a table every reference is invalid.
+    assert_eq!(b.err(hc::GRANT_OP, &[gt::MAP, 1, 0, win, 0]), Errno::EINVAL);
+    assert_eq!(
+        a.err(hc::GRANT_OP, &[gt::SET_TABLE, TABLE + 8, 4]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        a.err(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 0]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        a.err(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 2000]),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        a.err(hc::GRANT_OP, &[gt::SET_TABLE, MEM - 4096, 512]),
+        Errno::EFAULT
+    );
+    assert_eq!(a.rax(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 16]), 0);
+    grant(
+        &a,
+        0,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    grant(
+        &a,
+        1,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS | GTF_READONLY,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME + 4096,
+        },
+    );
+    grant(
+        &a,
+        2,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS,
+            domid: 3,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    grant(
+        &a,
+        3,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME + 1,
+        },
+    );
+    grant(
+        &a,
+        4,
+        GrantEntry {
+            flags: 0x80 | GTF_PERMIT_ACCESS,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    a.dom.ram.write(FRAME, b"granted page").unwrap();
+
+    let cases: [(&[u64], Errno); 12] = [
+        (&[gt::MAP, 9, 0, win, 0], Errno::ESRCH),
+        (&[gt::MAP, 2, 0, win, 0], Errno::EINVAL), // grant to self (b maps its own)
+        (&[gt::MAP, 1, 16, win, 0], Errno::EINVAL), // ref beyond the table
+        (&[gt::MAP, 1, 5, win, 0], Errno::ENOENT), // entry not in force
+        (&[gt::MAP, 1, 2, win, 0], Errno::EACCES), // granted to another domain
+        (&[gt::MAP, 1, 1, win, 0], Errno::EACCES), // read-only grant mapped writable
+        (&[gt::MAP, 1, 3, win, 0], Errno::EINVAL), // unaligned frame
+        (&[gt::MAP, 1, 4, win, 0], Errno::EINVAL), // unknown entry flag
+        (&[gt::MAP, 1, 0, win + 8, 0], Errno::EINVAL), // not page-aligned
+        (&[gt::MAP, 1, 0, win - 4096, 0], Errno::EINVAL), // outside the window
+        (
+            &[gt::MAP, 1, 0, win + GRANT_WINDOW_SLOTS as u64 * 4096, 0],
+            Errno::EINVAL,
+        ),
+        (&[gt::MAP, 1, 0, win, 4], Errno::EINVAL), // unknown map flag
+    ];
+    for (args, e) in cases {
+        let who = if args[1] == 2 { &b } else { &b };
+        assert_eq!(who.err(hc::GRANT_OP, args), e, "{args:?}");
+    }
+    // A good map: b's window page is a's frame (the same memory, both ways).
+    assert_eq!(b.rax(hc::GRANT_OP, &[gt::MAP, 1, 0, win, 0]), 0);
+    let page = b.dom.window().host_base();
+    // SAFETY: reading the first bytes of the mapped window page, which the test just mapped.
+    let seen = unsafe { std::slice::from_raw_parts(page, 12) };
+    assert_eq!(seen, b"granted page");
+    // SAFETY: writing into the mapped window page; it is a's frame, read-write.
+    unsafe { page.write(b'G') };
+    let mut back = [0u8; 1];
+    a.dom.ram.read(FRAME, &mut back).unwrap();
+    assert_eq!(&back, b"G");
+    assert!(
+        b.gates.0.lock().unwrap().contains(&(255, 0, 2)),
+        "PTE set writable"
+    );
+    assert_eq!(
+        b.err(hc::GRANT_OP, &[gt::MAP, 1, 0, win, 0]),
+        Errno::EBUSY,
+        "slot in use"
+    );
+    // Read-only map of the read-only grant: the PTE is read-only.
+    assert_eq!(
+        b.rax(hc::GRANT_OP, &[gt::MAP, 1, 1, win + 4096, MAP_READONLY]),
+        0
+    );
+    assert!(
+        b.gates.0.lock().unwrap().contains(&(255, 1, 1)),
+        "PTE set read-only"
+    );
+
+    // The granter cannot end access while mapped; revoke forces it.
+    assert_eq!(a.err(hc::GRANT_OP, &[gt::END_ACCESS, 0]), Errno::EBUSY);
+    assert_eq!(a.err(hc::GRANT_OP, &[gt::END_ACCESS, 99]), Errno::EINVAL);
+    assert_eq!(
+        a.err(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 16]),
+        Errno::EBUSY
+    );
+    assert_eq!(b.rax(hc::GRANT_OP, &[gt::UNMAP, win]), 0);
+    assert_eq!(
+        b.err(hc::GRANT_OP, &[gt::UNMAP, win]),
+        Errno::EINVAL,
+        "double unmap"
+    );
+    assert_eq!(b.err(hc::GRANT_OP, &[gt::UNMAP, 0x1000]), Errno::EINVAL);
+    assert_eq!(a.rax(hc::GRANT_OP, &[gt::END_ACCESS, 0]), 0);
+    assert_eq!(
+        b.err(hc::GRANT_OP, &[gt::MAP, 1, 0, win, 0]),
+        Errno::ENOENT,
+        "access ended"
+    );
+
+    assert_eq!(
+        a.rax(hc::GRANT_OP, &[gt::REVOKE, 1]),
+        1,
+        "one mapping revoked"
+    );
+    assert!(
+        b.gates.0.lock().unwrap().ends_with(&[(255, 1, 0)]),
+        "PTE cleared"
+    );
+    // SAFETY: the revoked slot is backed by a fresh zero page again.
+    assert_eq!(
+        unsafe { *page.add(4096) },
+        0,
+        "the window no longer shows a's frame"
+    );
+    assert_eq!(
+        b.rax(hc::GRANT_OP, &[gt::UNMAP, win + 4096]),
+        0,
+        "revoked slot unmaps"
+    );
+    assert_eq!(b.err(hc::GRANT_OP, &[99]), Errno::EINVAL);
+}
+
+#[test]
+fn grant_copy_reports_a_status_per_element() {
+    let (a, b) = pair();
+    assert_eq!(a.rax(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 4]), 0);
+    grant(
+        &a,
+        0,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    grant(
+        &a,
+        1,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS | GTF_READONLY,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME + 4096,
+        },
+    );
+    a.dom.ram.write(FRAME + 4096, b"read me").unwrap();
+    b.dom.ram.write(SCRATCH + 0x800, b"hello a").unwrap();
+    let own = |addr| CopyPtr {
+        addr,
+        ..Default::default()
+    };
+    let gref = |gref, addr| CopyPtr {
+        addr,
+        gref,
+        domid: 1,
+        pad: 0,
+    };
+    let ops = [
+        // b -> a's writable grant, offset 16.
+        GrantCopy {
+            src: own(SCRATCH + 0x800),
+            dst: gref(0, 16),
+            len: 7,
+            flags: COPY_DST_GREF,
+            ..Default::default()
+        },
+        // a's read-only grant -> b.
+        GrantCopy {
+            src: gref(1, 0),
+            dst: own(SCRATCH + 0x900),
+            len: 7,
+            flags: COPY_SRC_GREF,
+            ..Default::default()
+        },
+        // write through a read-only grant.
+        GrantCopy {
+            src: own(SCRATCH),
+            dst: gref(1, 0),
+            len: 4,
+            flags: COPY_DST_GREF,
+            ..Default::default()
+        },
+        // crosses the granted page.
+        GrantCopy {
+            src: gref(0, 4090),
+            dst: own(SCRATCH),
+            len: 16,
+            flags: COPY_SRC_GREF,
+            ..Default::default()
+        },
+        // own range outside RAM.
+        GrantCopy {
+            src: own(MEM - 2),
+            dst: gref(0, 0),
+            len: 4,
+            flags: COPY_DST_GREF,
+            ..Default::default()
+        },
+        // unknown flag, zero length.
+        GrantCopy {
+            src: own(SCRATCH),
+            dst: own(SCRATCH),
+            len: 4,
+            flags: 8,
+            ..Default::default()
+        },
+        GrantCopy {
+            src: own(SCRATCH),
+            dst: own(SCRATCH),
+            len: 0,
+            ..Default::default()
+        },
+        // a bad reference.
+        GrantCopy {
+            src: gref(3, 0),
+            dst: own(SCRATCH),
+            len: 4,
+            flags: COPY_SRC_GREF,
+            ..Default::default()
+        },
+    ];
+    let arr = SCRATCH + 0x1000;
+    b.dom.ram.write(arr, ops.as_bytes()).unwrap();
+    assert_eq!(b.rax(hc::GRANT_OP, &[gt::COPY, arr, ops.len() as u64]), 0);
+    let mut done = ops;
+    b.dom.ram.read(arr, done.as_mut_bytes()).unwrap();
+    let st: Vec<i64> = done.iter().map(|o| o.status).collect();
+    use Errno::*;
+    assert_eq!(
+        st,
+        vec![
+            0,
+            0,
+            EACCES.to_raw(),
+            EINVAL.to_raw(),
+            EFAULT.to_raw(),
+            EINVAL.to_raw(),
+            EINVAL.to_raw(),
+            ENOENT.to_raw()
+        ]
+    );
+    let mut got = [0u8; 7];
+    a.dom.ram.read(FRAME + 16, &mut got).unwrap();
+    assert_eq!(&got, b"hello a");
+    b.dom.ram.read(SCRATCH + 0x900, &mut got).unwrap();
+    assert_eq!(&got, b"read me");
+    assert_eq!(b.err(hc::GRANT_OP, &[gt::COPY, arr, 17]), Errno::E2BIG);
+    assert_eq!(b.err(hc::GRANT_OP, &[gt::COPY, MEM - 8, 1]), Errno::EFAULT);
+}
+
+#[test]
+fn multicall_runs_a_batch_with_a_result_each() {
+    let t = domain(1);
+    let e = |op, args: [u64; 5]| MulticallEntry {
+        op,
+        args,
+        result: 0,
+    };
+    let batch = [
+        e(hc::ABI_QUERY, [abi_query::VERSION, 0, 0, 0, 0]),
+        e(hc::EVTCHN_OP, [ev::BIND_IPI, 0, 0, 0, 0]),
+        e(999, [0; 5]),
+        e(hc::MULTICALL, [SCRATCH, 1, 0, 0, 0]),
+        e(hc::SCHED_OP, [sched::BLOCK, 0, 0, 0, 0]),
+        e(hc::CONSOLE_WRITE, [MEM, 1, 0, 0, 0]),
+    ];
+    t.dom.ram.write(SCRATCH, batch.as_bytes()).unwrap();
+    assert_eq!(t.rax(hc::MULTICALL, &[SCRATCH, batch.len() as u64]), 0);
+    let mut out = batch;
+    t.dom.ram.read(SCRATCH, out.as_mut_bytes()).unwrap();
+    let r: Vec<i64> = out.iter().map(|e| e.result).collect();
+    use Errno::*;
+    assert_eq!(r[0], 1 << 16);
+    assert!(r[1] > 0, "a port");
+    assert_eq!(
+        &r[2..],
+        &[
+            ENOSYS.to_raw(),
+            EINVAL.to_raw(),
+            EINVAL.to_raw(),
+            EFAULT.to_raw()
+        ]
+    );
+    assert_eq!(t.err(hc::MULTICALL, &[SCRATCH, 33]), Errno::E2BIG);
+    assert_eq!(t.err(hc::MULTICALL, &[MEM - 8, 1]), Errno::EFAULT);
+    // A shutdown inside a batch stops the domain there.
+    let stop = [
+        e(
+            hc::SCHED_OP,
+            [sched::SHUTDOWN, shutdown_reason::POWEROFF, 5, 0, 0],
+        ),
+        e(hc::ABI_QUERY, [0; 5]),
+    ];
+    t.dom.ram.write(SCRATCH, stop.as_bytes()).unwrap();
+    assert_eq!(
+        t.call(hc::MULTICALL, &[SCRATCH, 2]),
+        Action::Stop(StopReason::Poweroff(5))
+    );
 }

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 
 use clap::{Parser, Subcommand};
-use hv_core::domain::StopReason;
 use hv_core::config::{self, DomainSpec, DEFAULT_MEM};
+use hv_core::domain::StopReason;
 use hv_core::error::{exit_code, HvError};
 use hv_core::hypercall::OFFERED;
 use hv_core::kvm::{Kvm, KvmError};
@@ -49,7 +49,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_MEM, value_name = "SIZE", allow_hyphen_values = true)]
         mem: String,
         /// Number of vCPUs (vCPU 0 starts; the guest starts others with vcpu_op(up)).
-        #[arg(long, default_value = "1", value_name = "N", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            default_value = "1",
+            value_name = "N",
+            allow_hyphen_values = true
+        )]
         vcpus: String,
         /// Command line passed to the guest in StartInfo.
         #[arg(long, default_value = "", value_name = "STR")]
@@ -121,7 +126,9 @@ fn main() -> ExitCode {
     let specs = match (guest, config) {
         (_, Some(file)) => config::load(&file),
         (Some(guest), None) => single(guest, &mem, &vcpus, cmdline),
-        (None, None) => Err(HvError::BadArgument("give a guest image or --config".into())),
+        (None, None) => Err(HvError::BadArgument(
+            "give a guest image or --config".into(),
+        )),
     };
     match specs.and_then(|s| run(&clock, s, stats, start)) {
         Ok(code) => ExitCode::from(code),
@@ -132,7 +139,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn single(guest: PathBuf, mem: &str, vcpus: &str, cmdline: String) -> Result<Vec<DomainSpec>, HvError> {
+fn single(
+    guest: PathBuf,
+    mem: &str,
+    vcpus: &str,
+    cmdline: String,
+) -> Result<Vec<DomainSpec>, HvError> {
     let mem = config::parse_mem(mem)?;
     let vcpus = config::parse_vcpus(vcpus)?;
     config::check_cmdline(&cmdline)?;
@@ -174,7 +186,12 @@ impl Write for Prefixed {
     }
 }
 
-fn run(clock: &Arc<Clock>, specs: Vec<DomainSpec>, stats: bool, start: std::time::Instant) -> Result<u8, HvError> {
+fn run(
+    clock: &Arc<Clock>,
+    specs: Vec<DomainSpec>,
+    stats: bool,
+    start: std::time::Instant,
+) -> Result<u8, HvError> {
     // Validate every image before starting anything.
     let mut images = Vec::new();
     for s in &specs {
@@ -240,11 +257,17 @@ fn run(clock: &Arc<Clock>, specs: Vec<DomainSpec>, stats: bool, start: std::time
         let name = &domain.name;
         if stats {
             eprint!("{}", domain.stats.report(name));
-            eprintln!("  hv run time {:>20.3} ms", start.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "  hv run time {:>20.3} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
         }
         let code = match reason {
             StopReason::Poweroff(code) => {
-                eprintln!("hv: domain {name} (id {}) powered off with code {code}", domain.id);
+                eprintln!(
+                    "hv: domain {name} (id {}) powered off with code {code}",
+                    domain.id
+                );
                 code
             }
             StopReason::Crash(why) => {

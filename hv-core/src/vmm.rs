@@ -16,12 +16,12 @@ use crate::domain::{Domain, DomainParts, StopReason, Tables};
 use crate::error::HvError;
 use crate::evtchn::{Backend, PortTable, DEFAULT_MAX_PORTS};
 use crate::grant::Window;
-use crate::registry::Registry;
 use crate::hypercall::OFFERED;
 use crate::kvm::{BootState, Kvm, Vcpu, Vm};
 use crate::layout::{self, Layout};
 use crate::loader::GuestImage;
 use crate::memory::GuestRam;
+use crate::registry::Registry;
 use crate::time::{calibrate_tsc_hz, rdtsc, Clock};
 use crate::vcpu::VcpuThread;
 use crate::x86::{
@@ -156,7 +156,8 @@ pub fn start_domain(
         .map_err(|e| internal("building the CPU tables")(e.to_string()))?;
 
     // The VM and its memory.
-    let window = Window::new().map_err(|e| internal("reserving the grant window")(e.to_string()))?;
+    let window =
+        Window::new().map_err(|e| internal("reserving the grant window")(e.to_string()))?;
     let vm = Vm::new(kvm).map_err(|e| internal("creating the VM")(e.to_string()))?;
     // SAFETY: both mappings are owned by the domain (RAM) and its gates (hv region), which the
     // returned RunningDomain keeps alive at least as long as the VM (`_vm` is dropped with it,

@@ -71,8 +71,9 @@
 //! - the producer index is read once per operation (an atomic acquire load) and checked; a value
 //!   that no honest peer could have written is [`RingError::Overflow`], after which the caller
 //!   should disconnect the peer. For the front, the response producer may not run ahead of the
-//!   requests published (`rsp_prod - rsp_cons > req_prod - rsp_cons`). For the back, the request
-//!   producer may not run more than `N` ahead of the oldest request not yet answered
+//!   requests it has published (`rsp_prod - rsp_cons > req_prod - rsp_cons`, with `req_prod`
+//!   its private copy). For the back, the request producer may not run more than `N` ahead of
+//!   the oldest request not yet answered
 //!   (`req_prod - req_cons > N - (req_cons - rsp_prod_pvt)`; this implies the plain
 //!   `req_prod - req_cons > N` check, and also catches a front that overwrites slots the back
 //!   has not answered yet). When an operation fails, the ring's private state is unchanged;
