@@ -80,7 +80,7 @@ fn domain_in(registry: &Arc<Registry>, id: u16, nr_vcpus: u32) -> T {
     let gates = GateLog::default();
     let mut ports = PortTable::new(nr_vcpus, DEFAULT_MAX_PORTS);
     let console_port = ports.bind_backend(Backend::Console).unwrap();
-    ports.bind_backend(Backend::Store).unwrap();
+    let store_port = ports.bind_backend(Backend::Store).unwrap();
     let dom = Arc::new(Domain::new(DomainParts {
         id,
         name: "t".into(),
@@ -96,6 +96,7 @@ fn domain_in(registry: &Arc<Registry>, id: u16, nr_vcpus: u32) -> T {
         registry: Arc::downgrade(registry),
     }));
     registry.insert(Arc::clone(&dom));
+    registry.store().connect(&dom, store_port);
     T {
         dom,
         out,
@@ -983,5 +984,127 @@ fn multicall_runs_a_batch_with_a_result_each() {
     assert_eq!(
         t.call(hc::MULTICALL, &[SCRATCH, 2]),
         Action::Stop(StopReason::Poweroff(5))
+    );
+}
+
+// ---- the store, over the real ring and event channel ----
+
+use hypercall_abi::ring::FrontRing;
+use hypercall_abi::store::{Request as SReq, Response as SRsp, StoreSlot, Value, STORE_RING_BYTES};
+
+use crate::layout::STORE_RING_GPA;
+
+struct Client<'a> {
+    t: &'a T,
+    ring: FrontRing<StoreSlot, StoreSlot>,
+    next: u32,
+}
+
+impl<'a> Client<'a> {
+    fn new(t: &'a T) -> Client<'a> {
+        // SAFETY: the store page is inside the test domain's RAM, which outlives the client.
+        let ring = unsafe {
+            FrontRing::new(
+                t.dom.ram.host_base().add(STORE_RING_GPA as usize),
+                STORE_RING_BYTES,
+            )
+        }
+        .unwrap();
+        Client { t, ring, next: 1 }
+    }
+
+    fn send(&mut self, slot: StoreSlot) {
+        self.ring.push_request(&slot).unwrap();
+        self.ring.push_requests_and_check_notify();
+        let port = self.t.rax(hc::EVTCHN_OP, &[ev::SEND, 2]);
+        assert_eq!(port, 0);
+    }
+
+    fn call(&mut self, req: &SReq<'_>) -> StoreSlot {
+        let id = self.next;
+        self.next += 1;
+        self.send(StoreSlot::request(id, req).unwrap());
+        let rsp = self.ring.poll_response().unwrap().expect("a response");
+        assert_eq!(rsp.req_id, id);
+        rsp
+    }
+}
+
+#[test]
+fn store_serves_requests_and_watch_events_over_the_ring() {
+    let (a, b) = pair();
+    let mut ca = Client::new(&a);
+    let mut cb = Client::new(&b);
+    // Each domain finds the other by name.
+    let r = cb.call(&SReq::Read {
+        path: "/local/domain/1/name",
+    });
+    assert_eq!(r.decode_response().unwrap(), SRsp::Value(Value::Str("t")));
+    // a writes in its home; b may not read it, nor write there.
+    let r = ca.call(&SReq::Write {
+        path: "/local/domain/1/x",
+        value: Value::U64(7),
+    });
+    assert_eq!(r.decode_response().unwrap(), SRsp::Ok);
+    let r = cb.call(&SReq::Read {
+        path: "/local/domain/1/x",
+    });
+    assert!(matches!(r.decode_response().unwrap(), SRsp::Error(e) if e.errno() == Errno::EACCES));
+    let r = cb.call(&SReq::Write {
+        path: "/local/domain/1/y",
+        value: Value::U64(1),
+    });
+    assert!(matches!(r.decode_response().unwrap(), SRsp::Error(e) if e.errno() == Errno::EACCES));
+    // b watches a's node (with a credit posted); a changes it; b's ring gets the event and
+    // b's store port is raised.
+    let r = cb.call(&SReq::Watch {
+        path: "/local/domain/1/x",
+        token: 5,
+    });
+    assert_eq!(r.decode_response().unwrap(), SRsp::Ok);
+    cb.send(StoreSlot::event_credit());
+    cb.send(StoreSlot::event_credit());
+    assert!(b.dom.is_pending(2), "b's store port raised");
+    // The immediate event is not readable by b (no permission), so none arrived; a grants read.
+    let perms = hypercall_abi::store::Perms {
+        owner: 1,
+        others: hypercall_abi::store::Access::None,
+        acl: heapless::Vec::from_slice(&[(2, hypercall_abi::store::Access::Read)]).unwrap(),
+    };
+    let r = ca.call(&SReq::SetPerms {
+        path: "/local/domain/1/x",
+        perms,
+    });
+    assert_eq!(r.decode_response().unwrap(), SRsp::Ok);
+    let mut events = 0;
+    while let Some(ev) = cb.ring.poll_response().unwrap() {
+        assert!(ev.is_watch_event());
+        assert_eq!(
+            ev.decode_response().unwrap(),
+            SRsp::WatchEvent {
+                path: "/local/domain/1/x",
+                token: 5
+            }
+        );
+        events += 1;
+    }
+    assert!(events >= 1, "a watch event reached b's ring");
+    let r = cb.call(&SReq::Read {
+        path: "/local/domain/1/x",
+    });
+    assert_eq!(r.decode_response().unwrap(), SRsp::Value(Value::U64(7)));
+    // A hostile producer index disconnects the ring and nothing else.
+    b.dom
+        .ram
+        .atomic_u32_store(STORE_RING_GPA, 1_000_000)
+        .unwrap();
+    assert_eq!(b.rax(hc::EVTCHN_OP, &[ev::SEND, 2]), 0);
+    let r = ca.call(&SReq::Read {
+        path: "/local/domain/1/x",
+    });
+    assert_eq!(
+        r.decode_response().unwrap(),
+        SRsp::Value(Value::U64(7)),
+        "a unaffected"
     );
 }

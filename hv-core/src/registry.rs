@@ -7,12 +7,14 @@ use hypercall_abi::{DomId, Errno};
 
 use crate::domain::Domain;
 use crate::grant::GrantBook;
+use crate::store_service::StoreHub;
 
 /// Every live domain, by id.
 #[derive(Default)]
 pub struct Registry {
     domains: RwLock<BTreeMap<DomId, Arc<Domain>>>,
     grants: Mutex<GrantBook>,
+    store: Mutex<StoreHub>,
 }
 
 impl Registry {
@@ -49,6 +51,12 @@ impl Registry {
             .remove(&dom.id);
         dom.disconnect_peers();
         self.grants().remove_domain(dom, |id| self.get(id).ok());
+        self.store().disconnect(dom.id);
+    }
+
+    /// The store and its connections.
+    pub fn store(&self) -> MutexGuard<'_, StoreHub> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells every domain to stop (used when starting a later domain failed).

@@ -245,6 +245,7 @@ pub fn start_domain(
         registry: Arc::downgrade(registry),
     }));
     registry.insert(Arc::clone(&domain));
+    registry.store().connect(&domain, store_port);
 
     let mut threads = Vec::new();
     for (v, vcpu) in vcpus.into_iter().enumerate() {
