@@ -213,7 +213,6 @@ fn run(
     let registry = Registry::new();
     let many = specs.len() > 1;
     let (tx, rx) = mpsc::channel();
-    let mut started = 0;
     for (i, (spec, image)) in specs.iter().zip(images).enumerate() {
         let sink: Box<dyn Write + Send> = if many {
             Box::new(Prefixed {
@@ -235,13 +234,12 @@ fn run(
             Err(e) => {
                 // Stop what already runs, then report.
                 registry.stop_all();
-                for _ in 0..started {
+                for _ in 0..i {
                     let _ = rx.recv();
                 }
                 return Err(e);
             }
         };
-        started += 1;
         debug_signal::watch(Arc::clone(&running.domain));
         let (tx, registry) = (tx.clone(), Arc::clone(&registry));
         std::thread::spawn(move || {
