@@ -70,7 +70,7 @@ enum Command {
 mod debug_signal {
     use std::sync::Arc;
 
-    use hv_core::domain::Domain;
+    use hv_core::registry::Registry;
     use hypercall_abi::evtchn::virq;
 
     fn sigusr1_set() -> libc::sigset_t {
@@ -90,8 +90,9 @@ mod debug_signal {
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     }
 
-    /// Starts a thread that serves `SIGUSR1` for `domain` until the process ends.
-    pub fn watch(domain: Arc<Domain>) {
+    /// Starts a thread that serves `SIGUSR1` for every domain of `registry` until the process
+    /// ends.
+    pub fn watch(registry: Arc<Registry>) {
         let _ = std::thread::Builder::new()
             .name("debug-signal".into())
             .spawn(move || loop {
@@ -102,9 +103,11 @@ mod debug_signal {
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                     return;
                 }
-                eprint!("{}", domain.stats.report(&domain.name));
-                for v in 0..domain.nr_vcpus {
-                    domain.fire_virq(virq::DEBUG, v);
+                for domain in registry.all() {
+                    eprint!("{}", domain.stats.report(&domain.name));
+                    for v in 0..domain.nr_vcpus {
+                        domain.fire_virq(virq::DEBUG, v);
+                    }
                 }
             });
     }
@@ -212,6 +215,7 @@ fn run(
     }
     let registry = Registry::new();
     let many = specs.len() > 1;
+    debug_signal::watch(Arc::clone(&registry));
     let (tx, rx) = mpsc::channel();
     for (i, (spec, image)) in specs.iter().zip(images).enumerate() {
         let sink: Box<dyn Write + Send> = if many {
@@ -240,7 +244,6 @@ fn run(
                 return Err(e);
             }
         };
-        debug_signal::watch(Arc::clone(&running.domain));
         let (tx, registry) = (tx.clone(), Arc::clone(&registry));
         std::thread::spawn(move || {
             let domain = Arc::clone(&running.domain);

@@ -59,16 +59,19 @@ impl Registry {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells every domain to stop (used when starting a later domain failed).
-    pub fn stop_all(&self) {
-        let all: Vec<Arc<Domain>> = self
-            .domains
+    /// Every live domain, in id order.
+    pub fn all(&self) -> Vec<Arc<Domain>> {
+        self.domains
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        for d in all {
+            .collect()
+    }
+
+    /// Tells every domain to stop (used when starting a later domain failed).
+    pub fn stop_all(&self) {
+        for d in self.all() {
             d.stop(crate::domain::StopReason::HvError(
                 "another domain failed to start".into(),
             ));
