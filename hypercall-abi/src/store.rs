@@ -183,8 +183,9 @@
 //! watch's. One operation fires each watch at most once; watches fire in the order they were
 //! registered. A watch fires only if its domain can read the changed node (for a change of perms,
 //! under the new perms; for a removal, before it: the removed node, or the watched node when it
-//! lies inside the removed subtree). Events may be delivered after further changes: on an event,
-//! read the current state. A watch is identified by (path, token); `Unwatch` removes one.
+//! lies inside the removed subtree, which must then have existed). Events may be delivered after
+//! further changes, and identical pending events (same path and token) coalesce into one: on an
+//! event, read the current state. A watch is identified by (path, token); `Unwatch` removes one.
 //!
 //! # 8. Device layout (the convention frontends and backends follow)
 //!
@@ -335,9 +336,7 @@ impl StoreSlot {
 
     /// `data[..len]`; `TooBig` if `len` exceeds [`STORE_PAYLOAD_MAX`].
     pub fn payload(&self) -> Result<&[u8], StoreError> {
-        self.data
-            .get(..self.len as usize)
-            .ok_or(StoreError::TooBig)
+        self.data.get(..self.len as usize).ok_or(StoreError::TooBig)
     }
 
     /// Decodes and validates this slot as a request (what the hv does): `Invalid` unless
@@ -451,7 +450,9 @@ impl core::fmt::Display for StoreError {
 /// be set up again (a reconnect after a reset: the frontend to `Initialising`, the backend to
 /// `InitWait`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum DeviceState {
     /// No state yet, or the device is gone (the state a missing `state` key stands for).
     #[default]
@@ -942,8 +943,12 @@ pub fn backend_dir(
 ) -> Result<StorePath, StoreError> {
     check_name(class)?;
     let mut p = StorePath::new();
-    write!(p, "{LOCAL_DOMAIN}/{back}/{}/{class}/{front}/{n}", key::BACKEND)
-        .map_err(|_| StoreError::TooBig)?;
+    write!(
+        p,
+        "{LOCAL_DOMAIN}/{back}/{}/{class}/{front}/{n}",
+        key::BACKEND
+    )
+    .map_err(|_| StoreError::TooBig)?;
     Ok(p)
 }
 
@@ -1228,7 +1233,10 @@ mod tests {
 
     #[test]
     fn slots() {
-        assert_eq!(StoreSlot::request(0, &Request::Read { path: "/" }), Err(StoreError::Invalid));
+        assert_eq!(
+            StoreSlot::request(0, &Request::Read { path: "/" }),
+            Err(StoreError::Invalid)
+        );
         let mut s = StoreSlot::request(5, &Request::Read { path: "/" }).unwrap();
         assert_eq!(s.as_bytes().len(), 256);
         let copy = StoreSlot::read_from_bytes(s.as_bytes()).unwrap();
@@ -1287,8 +1295,8 @@ mod tests {
             assert_eq!(check_path(p), Ok(()), "{p}");
         }
         for p in [
-            "", "a", "a/b", "//", "/a/", "/a//b", "/a b", "/a/./b", "/a/../b", "/.", "/é",
-            "/a\0", "/a:b", "/a/b/",
+            "", "a", "a/b", "//", "/a/", "/a//b", "/a b", "/a/./b", "/a/../b", "/.", "/é", "/a\0",
+            "/a:b", "/a/b/",
         ] {
             assert_eq!(check_path(p), Err(StoreError::Invalid), "{p:?}");
         }
@@ -1367,7 +1375,15 @@ mod tests {
         // The normal life of a frontend and a backend.
         for path in [
             &[Initialising, Initialised, Connected, Closing, Closed][..],
-            &[Initialising, InitWait, Connected, Closing, Closed, InitWait, Connected],
+            &[
+                Initialising,
+                InitWait,
+                Connected,
+                Closing,
+                Closed,
+                InitWait,
+                Connected,
+            ],
             &[Unknown, Initialising, Closed, Initialising],
         ] {
             for w in path.windows(2) {
