@@ -10,6 +10,8 @@ pub enum Errno {
     ENOENT = 2,
     /// No such domain or vCPU.
     ESRCH = 3,
+    /// I/O error (a device's backing store failed).
+    EIO = 5,
     /// Argument list or batch too long.
     E2BIG = 7,
     /// Try again.
@@ -28,18 +30,23 @@ pub enum Errno {
     EINVAL = 22,
     /// No space left (for example, no free event channel port).
     ENOSPC = 28,
+    /// A write to a read-only device.
+    EROFS = 30,
     /// Unknown hypercall number.
     ENOSYS = 38,
+    /// The operation is not supported (for example, discard on a disk without it).
+    EOPNOTSUPP = 95,
     /// The deadline passed before the awaited event.
     ETIMEDOUT = 110,
 }
 
 impl Errno {
     /// All error codes, for tables and tests.
-    pub const ALL: [Errno; 14] = [
+    pub const ALL: [Errno; 17] = [
         Errno::EPERM,
         Errno::ENOENT,
         Errno::ESRCH,
+        Errno::EIO,
         Errno::E2BIG,
         Errno::EAGAIN,
         Errno::ENOMEM,
@@ -49,7 +56,9 @@ impl Errno {
         Errno::EEXIST,
         Errno::EINVAL,
         Errno::ENOSPC,
+        Errno::EROFS,
         Errno::ENOSYS,
+        Errno::EOPNOTSUPP,
         Errno::ETIMEDOUT,
     ];
 
@@ -77,6 +86,9 @@ impl Errno {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
             Errno::ESRCH => "ESRCH",
+            Errno::EIO => "EIO",
+            Errno::EROFS => "EROFS",
+            Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::E2BIG => "E2BIG",
             Errno::EAGAIN => "EAGAIN",
             Errno::ENOMEM => "ENOMEM",

@@ -21,6 +21,7 @@ pub mod console;
 pub mod errno;
 pub mod evtchn;
 pub mod grant;
+pub mod io;
 pub mod multicall;
 pub mod note;
 pub mod ring;
