@@ -8,6 +8,7 @@
 //! mem = "64M"                   # optional, default 64M
 //! vcpus = 1                     # optional, default 1
 //! cmdline = "role=ping"         # optional
+//! disks = ["disk.img", "ro.img,readonly"]   # optional; relative to this file
 //!
 //! [[domain]]
 //! name = "pong"
@@ -30,6 +31,39 @@ pub const DEFAULT_MEM: &str = "64M";
 /// Most domains one `hv` runs.
 pub const MAX_DOMAINS: usize = 64;
 
+/// A disk given to a domain: `PATH[,readonly]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The raw image file.
+    pub path: PathBuf,
+    /// Refuse writes.
+    pub read_only: bool,
+}
+
+/// Parses `PATH[,readonly]`.
+pub fn parse_disk(text: &str) -> Result<DiskSpec, HvError> {
+    let (path, opts) = match text.rsplit_once(',') {
+        Some((p, o)) => (p, Some(o)),
+        None => (text, None),
+    };
+    let read_only = match opts {
+        None => false,
+        Some("readonly") | Some("ro") => true,
+        Some(o) => {
+            return Err(HvError::BadArgument(format!(
+                "--disk {text:?}: unknown option {o:?} (use PATH or PATH,readonly)"
+            )))
+        }
+    };
+    if path.is_empty() {
+        return Err(HvError::BadArgument(format!("--disk {text:?}: no path")));
+    }
+    Ok(DiskSpec {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
 /// One domain to run, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
@@ -43,6 +77,8 @@ pub struct DomainSpec {
     pub vcpus: u32,
     /// Command line.
     pub cmdline: String,
+    /// Disks, in order (device numbers 0, 1, ...).
+    pub disks: Vec<DiskSpec>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +95,8 @@ struct Entry {
     mem: Option<String>,
     vcpus: Option<toml::Value>,
     cmdline: Option<String>,
+    #[serde(default)]
+    disks: Vec<String>,
 }
 
 /// Parses and checks `--mem`.
@@ -141,12 +179,19 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
         };
         let cmdline = e.cmdline.clone().unwrap_or_default();
         check_cmdline(&cmdline).map_err(ctx)?;
+        let mut disks = Vec::new();
+        for d in &e.disks {
+            let mut spec = parse_disk(d).map_err(ctx)?;
+            spec.path = base.join(spec.path);
+            disks.push(spec);
+        }
         specs.push(DomainSpec {
             name: e.name,
             kernel: base.join(e.kernel),
             mem,
             vcpus,
             cmdline,
+            disks,
         });
     }
     Ok(specs)
@@ -181,6 +226,17 @@ mod tests {
             (32 << 20, 2, "x=1")
         );
         assert_eq!(specs[1].kernel, PathBuf::from("/abs/k"));
+    }
+
+    #[test]
+    fn disks() {
+        assert_eq!(parse_disk("a.img").unwrap(), DiskSpec { path: "a.img".into(), read_only: false });
+        assert_eq!(parse_disk("/x/a,b.img,readonly").unwrap(), DiskSpec { path: "/x/a,b.img".into(), read_only: true });
+        assert!(parse_disk("a.img,rw").is_err());
+        assert!(parse_disk(",readonly").is_err());
+        let specs = load_str("[[domain]]\nname = \"a\"\nkernel = \"k\"\ndisks = [\"d.img\", \"e.img,readonly\"]\n").unwrap();
+        assert_eq!(specs[0].disks.len(), 2);
+        assert!(specs[0].disks[1].read_only && specs[0].disks[0].path.is_absolute());
     }
 
     #[test]

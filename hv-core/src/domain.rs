@@ -81,6 +81,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A flag a backend thread sleeps on: raised by the guest's notifications, store watches and
+/// domain shutdown.
+#[derive(Default)]
+pub struct Signal {
+    raised: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the waiter.
+    pub fn raise(&self) {
+        *lock(&self.raised) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until the flag is raised (or `timeout` passes), then lowers it. Returns whether it
+    /// was raised.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let mut r = lock(&self.raised);
+        while !*r {
+            r = match timeout {
+                None => self.cond.wait(r).unwrap_or_else(|e| e.into_inner()),
+                Some(t) => {
+                    let (g, res) = self
+                        .cond
+                        .wait_timeout(r, t)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if res.timed_out() && !*g {
+                        return false;
+                    }
+                    g
+                }
+            };
+        }
+        *r = false;
+        true
+    }
+}
+
 /// Locks two different domains' port tables in domain-id order (no deadlock); returns
 /// (`a`'s, `b`'s).
 fn lock_two<'a>(
@@ -168,6 +207,7 @@ pub struct Domain {
     stop: Mutex<Option<StopReason>>,
     stopping: AtomicBool,
     polling: AtomicU32,
+    backend_signals: Mutex<Vec<(Backend, Arc<Signal>)>>,
 }
 
 impl Domain {
@@ -196,6 +236,7 @@ impl Domain {
             stop: Mutex::new(None),
             stopping: AtomicBool::new(false),
             polling: AtomicU32::new(0),
+            backend_signals: Mutex::new(Vec::new()),
         }
     }
 
@@ -231,9 +272,12 @@ impl Domain {
 
     // ---- event channel operations that involve a peer ----
 
-    /// `alloc_unbound(remote)`.
+    /// `alloc_unbound(remote)`; `remote` may be the hv ([`hypercall_abi::DOMID_HV`]), for its
+    /// backends.
     pub fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {
-        self.peer(remote)?;
+        if remote != hypercall_abi::DOMID_HV {
+            self.peer(remote)?;
+        }
         let port = self.ports().alloc_unbound(remote)?;
         self.reset_port_bits(port);
         Ok(port)
@@ -329,6 +373,33 @@ impl Domain {
         }
         self.reset_port_bits(port as Port);
         Ok(())
+    }
+
+    /// Connects the guest's port `port`, allocated unbound for the hv ([`hypercall_abi::DOMID_HV`]),
+    /// to one of the hv's backends. `EINVAL` unless it is such a port.
+    pub fn bind_to_backend(&self, port: u64, backend: Backend) -> Result<Port, Errno> {
+        let mut t = self.ports();
+        match t.get(port)? {
+            Binding::Unbound { remote } if remote == hypercall_abi::DOMID_HV => {
+                t.rebind(port as Port, Binding::HvBackend(backend));
+                Ok(port as Port)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Registers the signal of a backend thread serving this domain.
+    pub fn add_backend_signal(&self, backend: Backend, signal: Arc<Signal>) {
+        lock(&self.backend_signals).push((backend, signal));
+    }
+
+    /// Wakes the backend thread serving `backend`, if there is one.
+    pub fn raise_backend(&self, backend: Backend) {
+        for (b, s) in lock(&self.backend_signals).iter() {
+            if *b == backend {
+                s.raise();
+            }
+        }
     }
 
     /// At teardown: every interdomain peer of this domain returns to unbound.
@@ -654,6 +725,9 @@ impl Domain {
             if let Some(k) = slot.kicker.get() {
                 k.kick();
             }
+        }
+        for (_, s) in lock(&self.backend_signals).iter() {
+            s.raise();
         }
     }
 }

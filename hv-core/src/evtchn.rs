@@ -15,6 +15,8 @@ pub enum Backend {
     Console,
     /// The store ring.
     Store,
+    /// Block device `n` of the domain.
+    Block(u32),
 }
 
 /// What an open port is bound to.

@@ -350,6 +350,17 @@ impl GrantBook {
         Ok(holders.len() as u64)
     }
 
+    /// For a backend inside the hv: checks `granter`'s grant `gref` for the hv
+    /// ([`hypercall_abi::DOMID_HV`]) and returns the granted frame's guest-physical address in
+    /// the granter's RAM. `EACCES` for a write through a read-only grant.
+    pub fn hv_access(&self, granter: &Domain, gref: u64, write: bool) -> Result<u64, Errno> {
+        let g = read_entry(self, granter, gref, hypercall_abi::DOMID_HV)?;
+        if write && g.readonly {
+            return Err(Errno::EACCES);
+        }
+        Ok(g.frame)
+    }
+
     /// Resolves one side of a copy to (domain, guest-physical address).
     fn resolve(
         &self,

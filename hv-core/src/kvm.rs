@@ -16,6 +16,12 @@
 //! derive anything from RIP at an `out` exit, and write RIP only to send the guest elsewhere.
 //! At an [`Exit::IoIn`], RIP points at the `in`, which completes with the supplied value.
 //!
+//! String port I/O (`rep outs`/`rep ins`, or a single `outs`/`ins`) exits once per batch of
+//! `count` items of `size` bytes each (KVM batches up to a page of data, then re-executes the
+//! instruction for the rest): [`Exit::IoOut::count`] and [`Vcpu::io_count`] give the count,
+//! [`Vcpu::io_out_data`] all the bytes written, and [`Vcpu::set_io_in_items`] supplies all the
+//! bytes read. A plain `out`/`in` is the case `count == 1`.
+//!
 //! Kicking: see [`Kicker`] and the contract in the comment above `KickState`.
 
 use std::ffi::CString;
@@ -89,6 +95,17 @@ pub enum KvmError {
     /// `set_io_in_data`/`set_mmio_read_data` without a matching pending exit.
     #[error("no pending {0} exit to complete")]
     NoPendingRead(&'static str),
+    /// `io_out_data` without a pending `out` exit.
+    #[error("no pending out exit")]
+    NoPendingWrite,
+    /// `set_io_in_items` with a buffer whose length is not the pending `in`'s `count * size`.
+    #[error("the pending in reads {expected} bytes, {got} supplied")]
+    IoLength {
+        /// `count * size` of the pending `in`.
+        expected: usize,
+        /// The length supplied.
+        got: usize,
+    },
     /// The kick signal handler could not be installed.
     #[error("installing the kick signal handler: {0}")]
     Signal(io::Error),
@@ -253,17 +270,22 @@ pub struct BootState {
 /// Why `KVM_RUN` returned. Owned: nothing borrows the vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// `out`: `size` (1, 2 or 4) bytes of `data` to `port`. Resume without touching RIP (see
-    /// the module docs).
+    /// `out`: `size` (1, 2 or 4) bytes of `data` to `port`, or for string I/O (`rep outs`)
+    /// `count` such items, all of which [`Vcpu::io_out_data`] returns. Resume without touching
+    /// RIP (see the module docs).
     IoOut {
         /// Port.
         port: u16,
-        /// Access size in bytes.
+        /// Access size in bytes (per item).
         size: u8,
-        /// The value written (zero-extended).
+        /// The value written (zero-extended); for string I/O, the first item.
         data: u32,
+        /// Number of items: 1 for `out`, up to a page's worth for `rep outs`.
+        count: u32,
     },
-    /// `in` from `port`: supply the value with [`Vcpu::set_io_in_data`] before running again.
+    /// `in` from `port`: supply the value with [`Vcpu::set_io_in_data`] before running again;
+    /// for string I/O ([`Vcpu::io_count`] > 1, `rep ins`) supply all items with
+    /// [`Vcpu::set_io_in_items`].
     IoIn {
         /// Port.
         port: u16,
@@ -304,7 +326,7 @@ pub enum Exit {
         /// KVM_INTERNAL_ERROR_* suberror.
         suberror: u32,
     },
-    /// Any other exit reason (KVM_EXIT_*), including string I/O (`rep outs`/`ins`).
+    /// Any other exit reason (KVM_EXIT_*), including malformed port I/O exits.
     Other(u32),
 }
 
@@ -447,19 +469,14 @@ impl Vcpu {
             match run.exit_reason {
                 KVM_EXIT_IO => {
                     let io = run.__bindgen_anon_1.io;
-                    let off = io.data_offset as usize;
-                    if io.count != 1 || io.size > 4 || off + usize::from(io.size) > self.run_size {
+                    let Some((off, _)) = self.pending_io(u32::from(io.direction)) else {
                         return Exit::Other(KVM_EXIT_IO);
-                    }
-                    match u32::from(io.direction) {
-                        KVM_EXIT_IO_OUT => {}
-                        KVM_EXIT_IO_IN => {
-                            return Exit::IoIn {
-                                port: io.port,
-                                size: io.size,
-                            }
-                        }
-                        _ => return Exit::Other(KVM_EXIT_IO),
+                    };
+                    if u32::from(io.direction) == KVM_EXIT_IO_IN {
+                        return Exit::IoIn {
+                            port: io.port,
+                            size: io.size,
+                        };
                     }
                     let mut data = [0u8; 4];
                     let src = (self.run as *const u8).add(off);
@@ -468,6 +485,7 @@ impl Vcpu {
                         port: io.port,
                         size: io.size,
                         data: u32::from_le_bytes(data),
+                        count: io.count,
                     }
                 }
                 KVM_EXIT_MMIO => {
@@ -504,23 +522,79 @@ impl Vcpu {
         }
     }
 
-    /// Supplies the value an `in` reads, after [`Exit::IoIn`]; takes effect on the next run.
-    pub fn set_io_in_data(&mut self, value: u32) -> Result<(), KvmError> {
-        // SAFETY: `run` is this vCPU's live kvm_run mapping and the vCPU is not running
-        // (`&mut self`); the data offset is bounds-checked against the mapping size.
+    /// The pending port I/O exit in `direction`, if the last exit was one and is well formed
+    /// (size 1, 2 or 4, count >= 1, data inside the kvm_run mapping): the data's offset in
+    /// kvm_run and its length (`count * size`).
+    fn pending_io(&self, direction: u32) -> Option<(usize, usize)> {
+        // SAFETY: `run` is this vCPU's live kvm_run mapping and KVM_RUN is not in progress
+        // (it needs `&mut self`); the `io` member is read only when `exit_reason` selects it.
+        let io = unsafe {
+            let run = &*self.run;
+            if run.exit_reason != KVM_EXIT_IO {
+                return None;
+            }
+            run.__bindgen_anon_1.io
+        };
+        let off = usize::try_from(io.data_offset).ok()?;
+        let len = usize::from(io.size).checked_mul(usize::try_from(io.count).ok()?)?;
+        let fits = off.checked_add(len).is_some_and(|end| end <= self.run_size);
+        (u32::from(io.direction) == direction && matches!(io.size, 1 | 2 | 4) && len > 0 && fits)
+            .then_some((off, len))
+    }
+
+    /// The item count of the pending port I/O exit ([`Exit::IoOut`] or [`Exit::IoIn`]): 1 for
+    /// `out`/`in`, more for string I/O; 0 when the last exit was not port I/O.
+    pub fn io_count(&self) -> u32 {
+        // SAFETY: as in `pending_io`.
         unsafe {
             let run = &*self.run;
             if run.exit_reason != KVM_EXIT_IO {
-                return Err(KvmError::NoPendingRead("in"));
+                return 0;
             }
-            let io = run.__bindgen_anon_1.io;
-            let (off, size) = (io.data_offset as usize, usize::from(io.size));
-            if u32::from(io.direction) != KVM_EXIT_IO_IN || size > 4 || off + size > self.run_size {
-                return Err(KvmError::NoPendingRead("in"));
-            }
-            let dst = (self.run as *mut u8).add(off);
-            ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), dst, size);
+            run.__bindgen_anon_1.io.count
         }
+    }
+
+    /// All the bytes the pending [`Exit::IoOut`] writes: `count` items of `size` bytes each,
+    /// little-endian, in order.
+    pub fn io_out_data(&self) -> Result<&[u8], KvmError> {
+        let (off, len) = self
+            .pending_io(KVM_EXIT_IO_OUT)
+            .ok_or(KvmError::NoPendingWrite)?;
+        // SAFETY: `off..off + len` lies inside this vCPU's live kvm_run mapping (checked by
+        // `pending_io`); the kernel writes it only during KVM_RUN, which needs `&mut self`, so
+        // it does not change while the returned borrow of `self` lives.
+        Ok(unsafe { std::slice::from_raw_parts((self.run as *const u8).add(off), len) })
+    }
+
+    /// Supplies the value an `in` reads, after [`Exit::IoIn`]; takes effect on the next run.
+    /// Only for a single-item `in` ([`Vcpu::io_count`] == 1); string I/O uses
+    /// [`Vcpu::set_io_in_items`].
+    pub fn set_io_in_data(&mut self, value: u32) -> Result<(), KvmError> {
+        let size = match self.pending_io(KVM_EXIT_IO_IN) {
+            Some((_, len)) if self.io_count() == 1 => len,
+            _ => return Err(KvmError::NoPendingRead("in")),
+        };
+        self.set_io_in_items(&value.to_le_bytes()[..size])
+    }
+
+    /// Supplies every item a pending [`Exit::IoIn`] reads (`count * size` bytes, items in order,
+    /// little-endian), for string I/O (`rep ins`) as for a single `in`; takes effect on the
+    /// next run.
+    pub fn set_io_in_items(&mut self, data: &[u8]) -> Result<(), KvmError> {
+        let (off, len) = self
+            .pending_io(KVM_EXIT_IO_IN)
+            .ok_or(KvmError::NoPendingRead("in"))?;
+        if data.len() != len {
+            return Err(KvmError::IoLength {
+                expected: len,
+                got: data.len(),
+            });
+        }
+        // SAFETY: `off..off + len` lies inside this vCPU's live kvm_run mapping (checked by
+        // `pending_io`), the vCPU is not running (`&mut self`), and `data` is a distinct host
+        // buffer of exactly `len` bytes.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), (self.run as *mut u8).add(off), len) };
         Ok(())
     }
 

@@ -59,6 +59,9 @@ enum Command {
         /// Command line passed to the guest in StartInfo.
         #[arg(long, default_value = "", value_name = "STR")]
         cmdline: String,
+        /// A raw disk image for the guest, `PATH[,readonly]`; repeat for more disks.
+        #[arg(long, value_name = "PATH[,readonly]")]
+        disk: Vec<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
@@ -124,11 +127,12 @@ fn main() -> ExitCode {
         mem,
         vcpus,
         cmdline,
+        disk,
         stats,
     } = cli.command;
     let specs = match (guest, config) {
         (_, Some(file)) => config::load(&file),
-        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline),
+        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline, &disk),
         (None, None) => Err(HvError::BadArgument(
             "give a guest image or --config".into(),
         )),
@@ -147,7 +151,12 @@ fn single(
     mem: &str,
     vcpus: &str,
     cmdline: String,
+    disks: &[String],
 ) -> Result<Vec<DomainSpec>, HvError> {
+    let disks = disks
+        .iter()
+        .map(|d| config::parse_disk(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let mem = config::parse_mem(mem)?;
     let vcpus = config::parse_vcpus(vcpus)?;
     config::check_cmdline(&cmdline)?;
@@ -161,6 +170,7 @@ fn single(
         mem,
         vcpus,
         cmdline,
+        disks,
     }])
 }
 

@@ -14,7 +14,7 @@ use hypercall_abi::ring::BackRing;
 use hypercall_abi::store::{Access, Perms, Request, StoreSlot, Value, STORE_RING_BYTES};
 use hypercall_abi::{DomId, DOMID_HV};
 
-use crate::domain::Domain;
+use crate::domain::{Domain, Signal};
 use crate::layout::STORE_RING_GPA;
 use crate::store::{EventQueue, SlotReply, Store, WatchFire};
 
@@ -31,6 +31,8 @@ struct Conn {
 pub struct StoreHub {
     engine: Store,
     conns: BTreeMap<DomId, Conn>,
+    /// Watches the hv's own backends hold: a fire with token `i` raises `hv_watches[i]`.
+    hv_watches: Vec<Arc<Signal>>,
 }
 
 impl Default for StoreHub {
@@ -58,7 +60,23 @@ impl StoreHub {
         StoreHub {
             engine,
             conns: BTreeMap::new(),
+            hv_watches: Vec::new(),
         }
+    }
+
+    /// Serves a request of the hv itself (acting as toolstack or backend).
+    pub fn hv_request(&mut self, req: &Request<'_>) -> crate::store::ResponseBuf {
+        let (resp, fires) = self.engine.handle(DOMID_HV, req);
+        self.deliver(fires, None);
+        resp
+    }
+
+    /// Watches `path` for one of the hv's backends: every change raises `signal`.
+    pub fn hv_watch(&mut self, path: &str, signal: Arc<Signal>) {
+        let token = self.hv_watches.len() as u32;
+        self.hv_watches.push(signal);
+        let (_, fires) = self.engine.handle(DOMID_HV, &Request::Watch { path, token });
+        self.deliver(fires, None);
     }
 
     /// Connects a new domain: creates its home and its readable `name`, and attaches its ring.
@@ -175,6 +193,12 @@ impl StoreHub {
     fn deliver(&mut self, fires: Vec<WatchFire>, also: Option<DomId>) {
         let mut touched: Vec<DomId> = also.into_iter().collect();
         for f in fires {
+            if f.domid == DOMID_HV {
+                if let Some(s) = self.hv_watches.get(f.token as usize) {
+                    s.raise();
+                }
+                continue;
+            }
             if let Some(c) = self.conns.get_mut(&f.domid) {
                 if !touched.contains(&f.domid) {
                     touched.push(f.domid);
