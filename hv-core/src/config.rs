@@ -230,11 +230,26 @@ mod tests {
 
     #[test]
     fn disks() {
-        assert_eq!(parse_disk("a.img").unwrap(), DiskSpec { path: "a.img".into(), read_only: false });
-        assert_eq!(parse_disk("/x/a,b.img,readonly").unwrap(), DiskSpec { path: "/x/a,b.img".into(), read_only: true });
+        assert_eq!(
+            parse_disk("a.img").unwrap(),
+            DiskSpec {
+                path: "a.img".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_disk("/x/a,b.img,readonly").unwrap(),
+            DiskSpec {
+                path: "/x/a,b.img".into(),
+                read_only: true
+            }
+        );
         assert!(parse_disk("a.img,rw").is_err());
         assert!(parse_disk(",readonly").is_err());
-        let specs = load_str("[[domain]]\nname = \"a\"\nkernel = \"k\"\ndisks = [\"d.img\", \"e.img,readonly\"]\n").unwrap();
+        let specs = load_str(
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\ndisks = [\"d.img\", \"e.img,readonly\"]\n",
+        )
+        .unwrap();
         assert_eq!(specs[0].disks.len(), 2);
         assert!(specs[0].disks[1].read_only && specs[0].disks[0].path.is_absolute());
     }

@@ -34,6 +34,8 @@ pub mod exit_code {
     pub const BAD_ARGUMENT: u8 = 81;
     /// The `--config` file is unreadable or invalid.
     pub const BAD_CONFIG: u8 = 82;
+    /// A disk image cannot be used (missing, a directory, size not a multiple of 512).
+    pub const BAD_DISK: u8 = 83;
     /// KVM or the host failed while setting up or running a domain (a hypervisor error).
     pub const HV_INTERNAL: u8 = 90;
 }
@@ -181,6 +183,9 @@ pub enum HvError {
         /// What is wrong.
         why: String,
     },
+    /// A disk image cannot be used.
+    #[error("{0}")]
+    BadDisk(String),
     /// KVM or the host failed.
     #[error("hypervisor error: {0}")]
     Internal(String),
@@ -198,6 +203,7 @@ impl HvError {
             HvError::BadVcpus { .. } => BAD_VCPUS,
             HvError::BadArgument(_) => BAD_ARGUMENT,
             HvError::BadConfig { .. } => BAD_CONFIG,
+            HvError::BadDisk(_) => BAD_DISK,
             HvError::Internal(_) => HV_INTERNAL,
         }
     }
@@ -270,6 +276,7 @@ mod tests {
             BAD_VCPUS,
             BAD_ARGUMENT,
             BAD_CONFIG,
+            BAD_DISK,
             HV_INTERNAL,
         ];
         let n = all.len();

@@ -13,8 +13,10 @@
 //! - the `hv` CLI (`src/main.rs`) on top, with [`error`] giving each failure its exit code.
 #![deny(missing_docs)]
 
+pub mod blkback;
 pub mod config;
 pub mod console;
+pub mod devices;
 pub mod domain;
 pub mod error;
 pub mod evtchn;

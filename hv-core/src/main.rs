@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 
 use clap::{Parser, Subcommand};
+use hv_core::blkback::DiskDevice;
 use hv_core::config::{self, DomainSpec, DEFAULT_MEM};
 use hv_core::domain::StopReason;
 use hv_core::error::{exit_code, HvError};
@@ -25,6 +26,7 @@ use hv_core::time::Clock;
 use hv_core::vmm::{kvm_path, start_domain, DomainConfig};
 use hypercall_abi::sched::MAX_EXIT_CODE;
 use hypercall_abi::MAX_VCPUS;
+use pv_drivers::backend::Disk;
 
 /// A paravirtualized micro-hypervisor on KVM.
 #[derive(Parser)]
@@ -205,10 +207,22 @@ fn run(
     stats: bool,
     start: std::time::Instant,
 ) -> Result<u8, HvError> {
-    // Validate every image before starting anything.
+    // Validate every image and open every disk before starting anything.
     let mut images = Vec::new();
+    let mut disks = Vec::new();
     for s in &specs {
         images.push(GuestImage::load(&s.kernel, OFFERED)?);
+        let mut devs = Vec::new();
+        for (n, d) in s.disks.iter().enumerate() {
+            let disk =
+                Disk::open(&d.path, d.read_only).map_err(|e| HvError::BadDisk(e.to_string()))?;
+            devs.push(DiskDevice {
+                n: n as u32,
+                disk,
+                read_only: d.read_only,
+            });
+        }
+        disks.push(devs);
     }
     let path = kvm_path();
     let kvm = Kvm::open(&path).map_err(|e| match e {
@@ -227,7 +241,7 @@ fn run(
     let many = specs.len() > 1;
     debug_signal::watch(Arc::clone(&registry));
     let (tx, rx) = mpsc::channel();
-    for (i, (spec, image)) in specs.iter().zip(images).enumerate() {
+    for (i, ((spec, image), disks)) in specs.iter().zip(images).zip(disks).enumerate() {
         let sink: Box<dyn Write + Send> = if many {
             Box::new(Prefixed {
                 prefix: format!("[{}] ", spec.name),
@@ -242,6 +256,7 @@ fn run(
             mem: spec.mem,
             vcpus: spec.vcpus,
             cmdline: spec.cmdline.clone(),
+            disks,
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,

@@ -75,7 +75,9 @@ impl StoreHub {
     pub fn hv_watch(&mut self, path: &str, signal: Arc<Signal>) {
         let token = self.hv_watches.len() as u32;
         self.hv_watches.push(signal);
-        let (_, fires) = self.engine.handle(DOMID_HV, &Request::Watch { path, token });
+        let (_, fires) = self
+            .engine
+            .handle(DOMID_HV, &Request::Watch { path, token });
         self.deliver(fires, None);
     }
 

@@ -40,6 +40,8 @@ pub struct DomainConfig {
     pub vcpus: u32,
     /// Command line passed in StartInfo.
     pub cmdline: String,
+    /// Disks served to the domain by the hv's block backend.
+    pub disks: Vec<crate::blkback::DiskDevice>,
 }
 
 /// The hv-owned tables of a domain (IDT, grant-window page table), written in its hv region.
@@ -89,7 +91,8 @@ pub struct RunningDomain {
 }
 
 impl RunningDomain {
-    /// Waits until every vCPU thread has ended, then returns why the domain stopped.
+    /// Waits until every vCPU and backend thread has ended, then returns why the domain
+    /// stopped.
     pub fn wait(mut self) -> StopReason {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
@@ -246,6 +249,13 @@ pub fn start_domain(
     }));
     registry.insert(Arc::clone(&domain));
     registry.store().connect(&domain, store_port);
+    let mut backends = Vec::new();
+    for dev in cfg.disks {
+        backends.push(
+            crate::blkback::start(Arc::clone(&domain), Arc::clone(registry), dev)
+                .map_err(|e| internal("starting a block backend")(e.to_string()))?,
+        );
+    }
 
     let mut threads = Vec::new();
     for (v, vcpu) in vcpus.into_iter().enumerate() {
@@ -284,6 +294,7 @@ pub fn start_domain(
         .name(format!("{}-timer", domain.name))
         .spawn(move || d.run_timers())
         .map_err(|e| internal("starting the timer thread")(e.to_string()))?;
+    threads.extend(backends);
     Ok(RunningDomain {
         domain,
         threads,

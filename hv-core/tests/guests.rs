@@ -380,7 +380,9 @@ fn write_config(tag: &str, body: &str) -> PathBuf {
 
 #[test]
 fn a_crashing_domain_stops_alone_and_the_others_run_on() {
-    let (Some(tg), Some(demo)) = (guest("testguest"), guest("demo")) else { return };
+    let (Some(tg), Some(demo)) = (guest("testguest"), guest("demo")) else {
+        return;
+    };
     if !kvm_ok() {
         return;
     }
@@ -394,12 +396,21 @@ fn a_crashing_domain_stops_alone_and_the_others_run_on() {
         ),
     );
     let r = hv(&["run", "--config", cfg.to_str().unwrap()], &[]);
-    assert_eq!(r.code, exit_code::GUEST_CRASHED as i32, "a crash outranks a clean poweroff");
+    assert_eq!(
+        r.code,
+        exit_code::GUEST_CRASHED as i32,
+        "a crash outranks a clean poweroff"
+    );
     assert!(r.stderr.contains("domain crasher (id 1) crashed") && r.stderr.contains("vector 14"));
-    assert!(r.stderr.contains("domain survivor (id 2) powered off with code 0"));
+    assert!(r
+        .stderr
+        .contains("domain survivor (id 2) powered off with code 0"));
     // The survivor ran to its end after the crash: its last lines are there, prefixed.
     assert!(r.stdout.contains("[survivor] event:"), "{}", r.stdout);
-    assert!(r.stdout.lines().all(|l| l.starts_with("[crasher] ") || l.starts_with("[survivor] ")));
+    assert!(r
+        .stdout
+        .lines()
+        .all(|l| l.starts_with("[crasher] ") || l.starts_with("[survivor] ")));
 }
 
 #[test]
@@ -425,8 +436,22 @@ fn exit_code_of_several_domains_is_the_first_nonzero_poweroff() {
 fn bad_config_files_are_refused_in_one_line() {
     let r = hv(&["run", "--config", "/nonexistent/x.toml"], &[]);
     assert_refused(&r, exit_code::BAD_CONFIG, "/nonexistent/x.toml");
-    let cfg = write_config("dup", "[[domain]]\nname = \"a\"\nkernel = \"k\"\n[[domain]]\nname = \"a\"\nkernel = \"k\"\n");
-    assert_refused(&hv(&["run", "--config", cfg.to_str().unwrap()], &[]), exit_code::BAD_CONFIG, "two domains");
-    let cfg = write_config("missing", "[[domain]]\nname = \"a\"\nkernel = \"/nonexistent/k.elf\"\n");
-    assert_refused(&hv(&["run", "--config", cfg.to_str().unwrap()], &[]), exit_code::IMAGE_UNREADABLE, "k.elf");
+    let cfg = write_config(
+        "dup",
+        "[[domain]]\nname = \"a\"\nkernel = \"k\"\n[[domain]]\nname = \"a\"\nkernel = \"k\"\n",
+    );
+    assert_refused(
+        &hv(&["run", "--config", cfg.to_str().unwrap()], &[]),
+        exit_code::BAD_CONFIG,
+        "two domains",
+    );
+    let cfg = write_config(
+        "missing",
+        "[[domain]]\nname = \"a\"\nkernel = \"/nonexistent/k.elf\"\n",
+    );
+    assert_refused(
+        &hv(&["run", "--config", cfg.to_str().unwrap()], &[]),
+        exit_code::IMAGE_UNREADABLE,
+        "k.elf",
+    );
 }

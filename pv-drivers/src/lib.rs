@@ -1,8 +1,14 @@
 //! Split paravirtual drivers. Frontends run in guests (`no_std`, feature `frontend`); backends
-//! run on the host (feature `backend`), written against small traits so they can later move to
-//! a driver domain.
+//! run on the host (feature `backend`, which needs `std`), written against small traits so they
+//! can later move to a driver domain.
 //!
-//! ABI v1.0 has one device, the console, whose frontend is in `guest-sdk` and whose backend is in
-//! `hv-core` for now; block and net arrive here with their protocols.
+//! The console's frontend is in `guest-sdk` and its backend in `hv-core` for now. The block
+//! backend is [`backend::BlkBackend`] (feature `backend`).
 #![no_std]
 #![deny(missing_docs)]
+
+#[cfg(feature = "backend")]
+extern crate std;
+
+#[cfg(feature = "backend")]
+pub mod backend;

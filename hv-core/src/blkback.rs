@@ -1,0 +1,276 @@
+//! Block devices served by the hv: for each `--disk`, a backend thread that acts as the
+//! toolstack (creates the device directories in the store), waits for the frontend to publish
+//! its ring and event channel, then serves the ring with `pv_drivers`' block backend. The
+//! backend reaches the frontend's pages only through the grant table ([`GrantBook::hv_access`]).
+//!
+//! [`GrantBook::hv_access`]: crate::grant::GrantBook::hv_access
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::thread;
+
+use hypercall_abi::evtchn::Port;
+use hypercall_abi::io::blk;
+use hypercall_abi::store::{self as st, Access, DeviceState, Perms, Request, Value};
+use hypercall_abi::{Errno, DOMID_HV, PAGE_SIZE};
+use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, BlockHost, Disk, GrantedPage};
+
+use crate::domain::{Domain, Signal};
+use crate::evtchn::Backend;
+use crate::registry::Registry;
+use crate::store::{OwnedValue, ResponseBuf};
+
+/// The hv as a block backend's host: grant lookups in the frontend's grant table, notifications
+/// on the frontend's port.
+struct HvHost {
+    dom: Arc<Domain>,
+    reg: Arc<Registry>,
+    port: Port,
+}
+
+impl BlockHost for HvHost {
+    /// Keeps the frontend's RAM alive while the backend uses the page.
+    type Guard = Arc<Domain>;
+
+    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Arc<Domain>>, Errno> {
+        let frame = self.reg.grants().hv_access(&self.dom, gref as u64, write)?;
+        // `hv_access` checked that the page-aligned frame lies inside the frontend's RAM.
+        debug_assert!(frame + PAGE_SIZE <= self.dom.ram.size());
+        // SAFETY: computing an address inside the frontend's RAM mapping (checked above).
+        let ptr = unsafe { self.dom.ram.host_base().add(frame as usize) };
+        let ptr = NonNull::new(ptr).ok_or(Errno::EFAULT)?;
+        // SAFETY: the pointer is page-aligned (frames are), inside the RAM mapping, which the
+        // guard (an Arc of the domain owning the mapping) keeps alive; the hv holds no Rust
+        // references into guest RAM; writable since guest RAM is mapped read-write.
+        Ok(unsafe { GrantedPage::new(ptr, Arc::clone(&self.dom)) })
+    }
+
+    fn notify(&self) {
+        self.dom.deliver(self.port, 0);
+    }
+}
+
+/// A disk to serve.
+pub struct DiskDevice {
+    /// Device number (`vbd/<n>`).
+    pub n: u32,
+    /// The opened image.
+    pub disk: Disk,
+    /// Offer no writes.
+    pub read_only: bool,
+}
+
+fn store_write(reg: &Registry, path: &str, value: Value<'_>) {
+    let _ = reg.store().hv_request(&Request::Write { path, value });
+}
+
+fn store_read(reg: &Registry, path: &str) -> Option<OwnedValue> {
+    match reg.store().hv_request(&Request::Read { path }) {
+        ResponseBuf::Value(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn read_u64(reg: &Registry, path: &str) -> Option<u64> {
+    match store_read(reg, path)? {
+        OwnedValue::U64(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn read_state(reg: &Registry, path: &str) -> Option<DeviceState> {
+    match store_read(reg, path)? {
+        OwnedValue::State(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Starts the backend thread of one disk of `dom`.
+pub fn start(
+    dom: Arc<Domain>,
+    reg: Arc<Registry>,
+    dev: DiskDevice,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let signal = Arc::new(Signal::default());
+    dom.add_backend_signal(Backend::Block(dev.n), Arc::clone(&signal));
+    let (Ok(front), Ok(back)) = (
+        st::frontend_dir(dom.id, "vbd", dev.n),
+        st::backend_dir(DOMID_HV, dom.id, "vbd", dev.n),
+    ) else {
+        return Err(std::io::Error::other("device path too long"));
+    };
+    let (front, back) = (front.to_string(), back.to_string());
+    publish(&reg, &dom, &dev, &front, &back);
+    reg.store()
+        .hv_watch(&format!("{front}/state"), Arc::clone(&signal));
+    thread::Builder::new()
+        .name(format!("{}-vbd{}", dom.name, dev.n))
+        .spawn(move || serve(dom, reg, dev, signal, front, back))
+}
+
+/// Creates both device directories (as the toolstack) and the backend's feature keys.
+fn publish(reg: &Registry, dom: &Domain, dev: &DiskDevice, front: &str, back: &str) {
+    let mut store = reg.store();
+    let _ = store.hv_request(&Request::Mkdir { path: front });
+    let _ = store.hv_request(&Request::SetPerms {
+        path: front,
+        perms: Perms::owned_by(dom.id),
+    });
+    let _ = store.hv_request(&Request::Mkdir { path: back });
+    let mut perms = Perms::owned_by(DOMID_HV);
+    let _ = perms.grant(dom.id, Access::Read);
+    let _ = store.hv_request(&Request::SetPerms { path: back, perms });
+    drop(store);
+    let (ro, flush, discard) = (
+        dev.read_only,
+        true,
+        !dev.read_only && dev.disk.supports_discard(),
+    );
+    let k = |dir: &str, key: &str| format!("{dir}/{key}");
+    store_write(reg, &k(front, st::key::BACKEND), Value::Str(back));
+    store_write(
+        reg,
+        &k(front, st::key::BACKEND_ID),
+        Value::U64(DOMID_HV as u64),
+    );
+    store_write(
+        reg,
+        &k(front, st::key::STATE),
+        Value::State(DeviceState::Initialising),
+    );
+    store_write(reg, &k(back, st::key::FRONTEND), Value::Str(front));
+    store_write(
+        reg,
+        &k(back, st::key::FRONTEND_ID),
+        Value::U64(dom.id as u64),
+    );
+    store_write(
+        reg,
+        &k(back, blk::KEY_SECTORS),
+        Value::U64(dev.disk.sectors()),
+    );
+    store_write(
+        reg,
+        &k(back, blk::KEY_SECTOR_SIZE),
+        Value::U64(blk::SECTOR_SIZE),
+    );
+    store_write(reg, &k(back, blk::KEY_READ_ONLY), Value::Bool(ro));
+    store_write(reg, &k(back, blk::KEY_FEATURE_FLUSH), Value::Bool(flush));
+    store_write(
+        reg,
+        &k(back, blk::KEY_FEATURE_DISCARD),
+        Value::Bool(discard),
+    );
+    store_write(
+        reg,
+        &k(back, blk::KEY_MAX_SEGMENTS),
+        Value::U64(blk::MAX_SEGMENTS as u64),
+    );
+    store_write(
+        reg,
+        &k(back, st::key::STATE),
+        Value::State(DeviceState::InitWait),
+    );
+}
+
+/// Maps the frontend's ring and connects its port, once it says `Initialised`.
+fn connect(
+    dom: &Arc<Domain>,
+    reg: &Arc<Registry>,
+    dev: &DiskDevice,
+    front: &str,
+) -> Result<(BlkRing, Port), String> {
+    let ring_ref = read_u64(reg, &format!("{front}/{}", st::key::RING_REF)).ok_or("no ring-ref")?;
+    let port =
+        read_u64(reg, &format!("{front}/{}", st::key::EVENT_CHANNEL)).ok_or("no event-channel")?;
+    let frame = reg
+        .grants()
+        .hv_access(dom, ring_ref, true)
+        .map_err(|e| format!("ring-ref {ring_ref}: {e}"))?;
+    let port = dom
+        .bind_to_backend(port, Backend::Block(dev.n))
+        .map_err(|e| format!("event-channel {port}: {e}"))?;
+    // SAFETY: the ring page is a page of the frontend's RAM (checked by hv_access), alive as
+    // long as `dom`, which the serving thread holds; the guest writes it concurrently, which the
+    // ring is built for.
+    let ring = unsafe { BlkRing::new(dom.ram.host_base().add(frame as usize), PAGE_SIZE as usize) }
+        .map_err(|e| format!("ring: {e}"))?;
+    Ok((ring, port))
+}
+
+fn serve(
+    dom: Arc<Domain>,
+    reg: Arc<Registry>,
+    dev: DiskDevice,
+    signal: Arc<Signal>,
+    front: String,
+    back: String,
+) {
+    let back_state = format!("{back}/{}", st::key::STATE);
+    let front_state = format!("{front}/{}", st::key::STATE);
+    let features = BlkFeatures {
+        read_only: dev.read_only,
+        flush: true,
+        discard: !dev.read_only,
+    };
+    let mut backend: Option<BlkBackend<HvHost>> = None;
+    let mut pending_disk = Some(dev.disk);
+    let n = dev.n;
+    loop {
+        signal.wait(None);
+        if dom.is_stopping() {
+            break;
+        }
+        let fstate = read_state(&reg, &front_state);
+        if let Some(b) = backend.as_mut() {
+            if matches!(fstate, Some(DeviceState::Closing | DeviceState::Closed)) {
+                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                break;
+            }
+            if b.process().is_err() {
+                eprintln!(
+                    "hv: vbd{n} of domain {}: the frontend broke its ring; disconnected",
+                    dom.name
+                );
+                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                break;
+            }
+            continue;
+        }
+        if !matches!(
+            fstate,
+            Some(DeviceState::Initialised | DeviceState::Connected)
+        ) {
+            continue;
+        }
+        let probe = DiskDevice {
+            n,
+            disk: match pending_disk.take() {
+                Some(d) => d,
+                None => break,
+            },
+            read_only: features.read_only,
+        };
+        match connect(&dom, &reg, &probe, &front) {
+            Ok((ring, port)) => {
+                let host = HvHost {
+                    dom: Arc::clone(&dom),
+                    reg: Arc::clone(&reg),
+                    port,
+                };
+                let mut b = BlkBackend::new(ring, probe.disk, features, host);
+                store_write(&reg, &back_state, Value::State(DeviceState::Connected));
+                if b.process().is_err() {
+                    store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                    break;
+                }
+                backend = Some(b);
+            }
+            Err(why) => {
+                eprintln!("hv: vbd{n} of domain {}: cannot connect: {why}", dom.name);
+                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                break;
+            }
+        }
+    }
+}
