@@ -161,10 +161,12 @@ impl PortTable {
         }
     }
 
-    /// `close(port)`: `EPERM` for a backend port. Returns the binding it had.
+    /// `close(port)`: `EPERM` for the console and store ports. Returns the binding it had.
     pub fn close(&mut self, port: u64) -> Result<Binding, Errno> {
         let b = self.get(port)?;
-        if let Binding::HvBackend(_) = b {
+        // The console and store ports belong to the hv; a device port the guest connected to
+        // one of the hv's backends is the guest's to close.
+        if let Binding::HvBackend(Backend::Console | Backend::Store) = b {
             return Err(Errno::EPERM);
         }
         self.free(port as Port);

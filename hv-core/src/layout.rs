@@ -103,11 +103,7 @@ impl Layout {
             pad: 0,
         };
         let mut regions = vec![
-            region(
-                START_INFO_GPA,
-                CONSOLE_RING_GPA + PAGE_SIZE,
-                mem_kind::HV_SHARED,
-            ),
+            region(START_INFO_GPA, HV_SHARED_END, mem_kind::HV_SHARED),
             region(TRAP_STACKS_GPA, trap_end, mem_kind::TRAP_STACKS),
             region(
                 BOOT_STACK_GPA,

@@ -81,6 +81,7 @@ impl VcpuThread {
             match exit {
                 Exit::IoOut {
                     port: HYPERCALL_PORT,
+                    size: 1,
                     ..
                 } => {
                     dom.stats.exit(ExitReason::Hypercall);

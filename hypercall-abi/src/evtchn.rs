@@ -23,11 +23,13 @@ pub const BIND_VIRQ: u64 = 0;
 /// `bind_ipi(vcpu) -> port`: a port whose events go to `vcpu` of the caller's domain.
 /// `ESRCH` for a vCPU that does not exist, `ENOSPC` if no port is free.
 pub const BIND_IPI: u64 = 1;
-/// `send(port)`: raise an event on the port's peer: the vCPU of an IPI port, or the backend of
-/// the console port. `EINVAL` for a port that is not open or is a VIRQ port.
+/// `send(port)`: raise an event on the port's peer: the vCPU of an IPI port, the other end of an
+/// interdomain port, or the hypervisor's backend (console, store, devices). On an unbound port
+/// it succeeds and raises nothing. `EINVAL` for a port that is not open or is a VIRQ port.
 pub const SEND: u64 = 2;
-/// `close(port)`: free the port. `EINVAL` for a port that is not open, `EPERM` for the console
-/// port (it belongs to the hypervisor).
+/// `close(port)`: free the port (clearing its pending and mask bits). `EINVAL` for a port that
+/// is not open, `EPERM` for the console and store ports (they belong to the hypervisor). A port
+/// the guest allocated for a backend in the hypervisor may be closed.
 pub const CLOSE: u64 = 3;
 /// `status(port, gpa)`: write an [`EvtchnStatus`] at `gpa`. `EINVAL` for port 0 or out of range,
 /// `EFAULT` if `gpa` is not in the caller's RAM. A free port reports [`state::FREE`].

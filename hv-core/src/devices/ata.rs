@@ -228,7 +228,7 @@ impl AtaDisk {
             .map_err(classify)?;
         let size = file.metadata().map_err(classify)?.len();
         let sectors = size / SECTOR_SIZE;
-        if size == 0 || size % SECTOR_SIZE != 0 || sectors > MAX_LBA48_SECTORS {
+        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) || sectors > MAX_LBA48_SECTORS {
             return Err(DiskError::BadSize {
                 path: owned(),
                 size,
@@ -423,7 +423,7 @@ impl AtaDisk {
         }
         match cmd {
             // READ VERIFY (SECTORS, EXT): nothing to transfer.
-            0x40 | 0x41 | 0x42 => self.complete(),
+            0x40..=0x42 => self.complete(),
             0x30 | 0x31 | 0x34 => {
                 if self.read_only {
                     return self.fail(ABRT);

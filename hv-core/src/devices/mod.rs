@@ -139,7 +139,7 @@ impl PortBus {
     }
 
     fn route(&mut self, port: u16, size: u8, len: usize) -> Result<usize, DeviceError> {
-        if !matches!(size, 1 | 2 | 4) || len % usize::from(size) != 0 {
+        if !matches!(size, 1 | 2 | 4) || !len.is_multiple_of(usize::from(size)) {
             return Err(DeviceError::BadAccess { port, size, len });
         }
         self.map
