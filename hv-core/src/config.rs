@@ -79,6 +79,8 @@ pub struct DomainSpec {
     pub cmdline: String,
     /// Disks, in order (device numbers 0, 1, ...).
     pub disks: Vec<DiskSpec>,
+    /// An emulated ATA disk.
+    pub ata_disk: Option<DiskSpec>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +99,7 @@ struct Entry {
     cmdline: Option<String>,
     #[serde(default)]
     disks: Vec<String>,
+    ata_disk: Option<String>,
 }
 
 /// Parses and checks `--mem`.
@@ -185,6 +188,14 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
             spec.path = base.join(spec.path);
             disks.push(spec);
         }
+        let ata_disk = match &e.ata_disk {
+            None => None,
+            Some(d) => {
+                let mut spec = parse_disk(d).map_err(ctx)?;
+                spec.path = base.join(spec.path);
+                Some(spec)
+            }
+        };
         specs.push(DomainSpec {
             name: e.name,
             kernel: base.join(e.kernel),
@@ -192,6 +203,7 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
             vcpus,
             cmdline,
             disks,
+            ata_disk,
         });
     }
     Ok(specs)

@@ -16,6 +16,7 @@ use std::sync::{mpsc, Arc};
 use clap::{Parser, Subcommand};
 use hv_core::blkback::DiskDevice;
 use hv_core::config::{self, DomainSpec, DEFAULT_MEM};
+use hv_core::devices::AtaDisk;
 use hv_core::domain::StopReason;
 use hv_core::error::{exit_code, HvError};
 use hv_core::hypercall::OFFERED;
@@ -64,6 +65,10 @@ enum Command {
         /// A raw disk image for the guest, `PATH[,readonly]`; repeat for more disks.
         #[arg(long, value_name = "PATH[,readonly]")]
         disk: Vec<String>,
+        /// A raw disk image served by an emulated ATA/IDE disk on the primary channel
+        /// (port I/O, full virtualization), `PATH[,readonly]`; for comparisons.
+        #[arg(long, value_name = "PATH[,readonly]")]
+        ata_disk: Option<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
@@ -130,11 +135,12 @@ fn main() -> ExitCode {
         vcpus,
         cmdline,
         disk,
+        ata_disk,
         stats,
     } = cli.command;
     let specs = match (guest, config) {
         (_, Some(file)) => config::load(&file),
-        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline, &disk),
+        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline, &disk, ata_disk.as_deref()),
         (None, None) => Err(HvError::BadArgument(
             "give a guest image or --config".into(),
         )),
@@ -154,11 +160,13 @@ fn single(
     vcpus: &str,
     cmdline: String,
     disks: &[String],
+    ata_disk: Option<&str>,
 ) -> Result<Vec<DomainSpec>, HvError> {
     let disks = disks
         .iter()
         .map(|d| config::parse_disk(d))
         .collect::<Result<Vec<_>, _>>()?;
+    let ata_disk = ata_disk.map(config::parse_disk).transpose()?;
     let mem = config::parse_mem(mem)?;
     let vcpus = config::parse_vcpus(vcpus)?;
     config::check_cmdline(&cmdline)?;
@@ -173,6 +181,7 @@ fn single(
         vcpus,
         cmdline,
         disks,
+        ata_disk,
     }])
 }
 
@@ -222,7 +231,13 @@ fn run(
                 read_only: d.read_only,
             });
         }
-        disks.push(devs);
+        let ata = match &s.ata_disk {
+            None => None,
+            Some(d) => Some(
+                AtaDisk::open(&d.path, d.read_only).map_err(|e| HvError::BadDisk(e.to_string()))?,
+            ),
+        };
+        disks.push((devs, ata));
     }
     let path = kvm_path();
     let kvm = Kvm::open(&path).map_err(|e| match e {
@@ -241,14 +256,17 @@ fn run(
     let many = specs.len() > 1;
     debug_signal::watch(Arc::clone(&registry));
     let (tx, rx) = mpsc::channel();
-    for (i, ((spec, image), disks)) in specs.iter().zip(images).zip(disks).enumerate() {
-        let sink: Box<dyn Write + Send> = if many {
-            Box::new(Prefixed {
-                prefix: format!("[{}] ", spec.name),
-                line: Vec::new(),
-            })
-        } else {
-            Box::new(std::io::stdout())
+    for (i, ((spec, image), (disks, ata_disk))) in specs.iter().zip(images).zip(disks).enumerate() {
+        let prefix = format!("[{}] ", spec.name);
+        let sink = move || -> Box<dyn Write + Send> {
+            if many {
+                Box::new(Prefixed {
+                    prefix: prefix.clone(),
+                    line: Vec::new(),
+                })
+            } else {
+                Box::new(std::io::stdout())
+            }
         };
         let cfg = DomainConfig {
             name: spec.name.clone(),
@@ -257,6 +275,7 @@ fn run(
             vcpus: spec.vcpus,
             cmdline: spec.cmdline.clone(),
             disks,
+            ata_disk,
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,

@@ -2,11 +2,12 @@
 //! the crash port, kicks) and injects event upcalls on vector 32 when the guest can take them.
 
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hypercall_abi::trap::{has_error_code, vector_name, UPCALL_VECTOR};
 use hypercall_abi::{Errno, CRASH_PORT, HYPERCALL_PORT, PING_PORT};
 
+use crate::devices::{DeviceError, PortBus};
 use crate::domain::{Domain, Kick, StopReason};
 use crate::hypercall::{dispatch, Action, Call, VcpuCtl};
 use crate::kvm::{BootState, Exit, Kicker, KvmError, Vcpu};
@@ -41,6 +42,8 @@ pub struct VcpuThread {
     pub boot: BootState,
     /// The hv region layout, to recognise crash stubs.
     pub hv_layout: HvRegionLayout,
+    /// The domain's emulated devices.
+    pub bus: Arc<Mutex<PortBus>>,
 }
 
 impl VcpuThread {
@@ -82,6 +85,7 @@ impl VcpuThread {
                 Exit::IoOut {
                     port: HYPERCALL_PORT,
                     size: 1,
+                    count: 1,
                     ..
                 } => {
                     dom.stats.exit(ExitReason::Hypercall);
@@ -95,6 +99,20 @@ impl VcpuThread {
                 } => {
                     dom.stats.exit(ExitReason::Crash);
                     return Err(StopReason::Crash(self.crash_report()));
+                }
+                Exit::IoOut { port, .. } | Exit::IoIn { port, .. }
+                    if self
+                        .bus
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .claims(port) =>
+                {
+                    dom.stats.exit(ExitReason::PortIo);
+                    let mut bus = self.bus.lock().unwrap_or_else(|e| e.into_inner());
+                    // Errors other than KVM's are the guest's and have been answered already.
+                    if let Err(DeviceError::Kvm(e)) = bus.serve(&mut self.vcpu, &exit) {
+                        return Err(StopReason::HvError(format!("vCPU {id}: {e}")));
+                    }
                 }
                 Exit::IoOut { port, .. } | Exit::IoIn { port, .. } => {
                     dom.stats.exit(ExitReason::PortIo);

@@ -2,7 +2,7 @@
 //! the start-info and shared-info pages, the KVM VM and its vCPU threads, and the timer thread.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use hypercall_abi::shared_info::SharedInfo;
@@ -12,6 +12,7 @@ use hypercall_abi::{DomId, ABI_MAJOR, ABI_MINOR, HYPERCALL_PORT, PING_PORT};
 use zerocopy::FromZeros;
 
 use crate::console::{Console, Sink};
+use crate::devices::{PortBus, Uart16550};
 use crate::domain::{Domain, DomainParts, StopReason, Tables};
 use crate::error::HvError;
 use crate::evtchn::{Backend, PortTable, DEFAULT_MAX_PORTS};
@@ -42,6 +43,8 @@ pub struct DomainConfig {
     pub cmdline: String,
     /// Disks served to the domain by the hv's block backend.
     pub disks: Vec<crate::blkback::DiskDevice>,
+    /// An emulated ATA disk (full virtualization, for comparison).
+    pub ata_disk: Option<crate::devices::AtaDisk>,
 }
 
 /// The hv-owned tables of a domain (IDT, grant-window page table), written in its hv region.
@@ -119,7 +122,7 @@ pub fn start_domain(
     registry: &Arc<Registry>,
     id: DomId,
     cfg: DomainConfig,
-    sink: Sink,
+    sink: impl Fn() -> Sink,
 ) -> Result<RunningDomain, HvError> {
     let layout = Layout::new(cfg.mem, cfg.vcpus, &cfg.image)?;
     if cfg.cmdline.len() > CMDLINE_MAX {
@@ -137,6 +140,19 @@ pub fn start_domain(
             .map_err(|_| internal("loading the image")("segment outside RAM".into()))?;
     }
 
+    // Emulated devices: a 16550 UART always, an ATA disk when asked for.
+    let mut bus = PortBus::new();
+    let dev_err = |e: crate::devices::DeviceError| internal("emulated devices")(e.to_string());
+    bus.add(Box::new(Uart16550::new(sink()))).map_err(dev_err)?;
+    if let Some(ata) = cfg.ata_disk {
+        bus.add(Box::new(ata)).map_err(dev_err)?;
+    }
+    let io_ports: Vec<u16> = [HYPERCALL_PORT, PING_PORT]
+        .into_iter()
+        .chain(bus.ports())
+        .collect();
+    let bus = Arc::new(Mutex::new(bus));
+
     // The hv region: page tables, IDT, GDTs, TSSs, crash stubs.
     let hv_layout = HvRegionLayout::new(cfg.mem, cfg.vcpus)
         .map_err(|e| internal("hv region")(e.to_string()))?;
@@ -146,7 +162,7 @@ pub fn start_domain(
         .map(|v| VcpuTables {
             alt_stack_top: layout::alt_stack_top(v),
             crash_stack_top: layout::crash_stack_top(v),
-            io_ports: vec![HYPERCALL_PORT, PING_PORT],
+            io_ports: io_ports.clone(),
         })
         .collect();
     let mut gates = RegionTables {
@@ -242,7 +258,7 @@ pub fn start_domain(
         clock: Arc::clone(clock),
         ports,
         console_port,
-        console: Console::new(layout::CONSOLE_RING_GPA, sink),
+        console: Console::new(layout::CONSOLE_RING_GPA, sink()),
         tables: Box::new(gates),
         window,
         registry: Arc::downgrade(registry),
@@ -280,6 +296,7 @@ pub fn start_domain(
             vcpu,
             boot,
             hv_layout,
+            bus: Arc::clone(&bus),
         };
         let name = format!("{}-vcpu{v}", domain.name);
         threads.push(
