@@ -46,7 +46,7 @@ use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use thiserror::Error;
 use vmm_sys_util::errno;
 
-use crate::x86::{TSS_SELECTOR, USER_CS, USER_DS};
+use crate::x86::{DescriptorTables, TSS_SELECTOR, USER_CS, USER_DS};
 
 /// General registers as KVM exchanges them (`struct kvm_regs`).
 pub type Regs = kvm_bindings::kvm_regs;
@@ -246,7 +246,7 @@ impl Vm {
 }
 
 /// The state a vCPU starts in: 64-bit mode, CPL 3, the hv's tables loaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootState {
     /// Entry point.
     pub rip: u64,
@@ -254,20 +254,20 @@ pub struct BootState {
     pub rsp: u64,
     /// First argument (the StartInfo address).
     pub rdi: u64,
-    /// Page-table root.
-    pub cr3: u64,
-    /// GDT base (guest address).
-    pub gdt_base: u64,
-    /// GDT limit.
-    pub gdt_limit: u16,
-    /// IDT base (guest address).
-    pub idt_base: u64,
-    /// IDT limit.
-    pub idt_limit: u16,
-    /// TSS base (guest address).
-    pub tss_base: u64,
-    /// TSS limit.
-    pub tss_limit: u32,
+    /// Page-table root and descriptor tables.
+    pub tables: DescriptorTables,
+}
+
+impl BootState {
+    /// Starts at `rip` with `rsp` and `rdi`, on `tables`.
+    pub fn new(rip: u64, rsp: u64, rdi: u64, tables: DescriptorTables) -> BootState {
+        BootState {
+            rip,
+            rsp,
+            rdi,
+            tables,
+        }
+    }
 }
 
 /// Why `KVM_RUN` returned. Owned: nothing borrows the vCPU.
@@ -387,8 +387,8 @@ impl Vcpu {
         let data = segment(USER_DS, 0x3, 3, false);
         (sregs.ss, sregs.ds, sregs.es, sregs.fs, sregs.gs) = (data, data, data, data, data);
         sregs.tr = kvm_segment {
-            base: state.tss_base,
-            limit: state.tss_limit,
+            base: state.tables.tss_base,
+            limit: state.tables.tss_limit,
             selector: TSS_SELECTOR,
             type_: 0xb,
             present: 1,
@@ -399,15 +399,15 @@ impl Vcpu {
             unusable: 1,
             ..Default::default()
         };
-        sregs.gdt.base = state.gdt_base;
-        sregs.gdt.limit = state.gdt_limit;
-        sregs.idt.base = state.idt_base;
-        sregs.idt.limit = state.idt_limit;
+        sregs.gdt.base = state.tables.gdt_base;
+        sregs.gdt.limit = state.tables.gdt_limit;
+        sregs.idt.base = state.tables.idt_base;
+        sregs.idt.limit = state.tables.idt_limit;
         // CR0: PE | MP | ET | NE | WP | PG.
         sregs.cr0 = 0x1 | 0x2 | 0x10 | 0x20 | 0x1_0000 | 0x8000_0000;
         // CR4: PAE | PGE | OSFXSR | OSXMMEXCPT | FSGSBASE.
         sregs.cr4 = 0x20 | 0x80 | 0x200 | 0x400 | 0x1_0000;
-        sregs.cr3 = state.cr3;
+        sregs.cr3 = state.tables.cr3;
         // EFER: LME | LMA | NXE.
         sregs.efer = 0x100 | 0x400 | 0x800;
         self.fd

@@ -278,18 +278,12 @@ pub fn start_domain(
         let t = hv_layout
             .descriptor_tables(v as u32)
             .map_err(|e| internal("descriptor tables")(e.to_string()))?;
-        let boot = BootState {
-            rip: cfg.image.entry,
-            rsp: layout::BOOT_STACK_GPA + layout::BOOT_STACK_SIZE,
-            rdi: layout::START_INFO_GPA,
-            cr3: t.cr3,
-            gdt_base: t.gdt_base,
-            gdt_limit: t.gdt_limit,
-            idt_base: t.idt_base,
-            idt_limit: t.idt_limit,
-            tss_base: t.tss_base,
-            tss_limit: t.tss_limit,
-        };
+        let boot = BootState::new(
+            cfg.image.entry,
+            layout::BOOT_STACK_GPA + layout::BOOT_STACK_SIZE,
+            layout::START_INFO_GPA,
+            t,
+        );
         let runner = VcpuThread {
             dom: Arc::clone(&domain),
             id: v as u32,

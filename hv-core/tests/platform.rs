@@ -101,19 +101,8 @@ impl Guest {
         }
         let mut vcpu = vm.create_vcpu(0).unwrap();
         let t = layout.descriptor_tables(0).unwrap();
-        vcpu.set_boot_state(&BootState {
-            rip: CODE,
-            rsp: STACK_TOP,
-            rdi: 0x5157,
-            cr3: t.cr3,
-            gdt_base: t.gdt_base,
-            gdt_limit: t.gdt_limit,
-            idt_base: t.idt_base,
-            idt_limit: t.idt_limit,
-            tss_base: t.tss_base,
-            tss_limit: t.tss_limit,
-        })
-        .unwrap();
+        vcpu.set_boot_state(&BootState::new(CODE, STACK_TOP, 0x5157, t))
+            .unwrap();
         Guest {
             vcpu,
             _vm: vm,
