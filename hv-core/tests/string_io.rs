@@ -3,136 +3,15 @@
 //! Skips (printing a line) when /dev/kvm is absent, fails instead when `HV_REQUIRE_KVM=1`.
 //! Exit counts print with `--nocapture`.
 
-use std::path::Path;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use hv_core::devices::{AtaDisk, PortBus, Uart16550};
-use hv_core::kvm::{BootState, Exit, Kvm, Vcpu, Vm, KVM_PATH};
-use hv_core::x86::{
-    CrashFrame, HvRegionLayout, HvTables, UserRange, VcpuTables, CRASH_FRAME_SIZE, HV_REGION_GPA,
-};
-use vm_memory::MmapRegion;
+use hv_core::kvm::Exit;
+use hv_core::x86::{CrashFrame, CRASH_FRAME_SIZE};
 
-const HCALL_PORT: u16 = 0x90;
-const RAM_SIZE: u64 = 2 << 20;
-const CODE: u64 = 0x1000; // code pages 0x1000..0x3000, user RX
-const DATA: u64 = 0x1_0000; // 0x10000..0x40000, user RW NX
-const STACK_TOP: u64 = 0x2_0000;
-const ALT_STACK_TOP: u64 = 0x3_0000;
-const CRASH_STACK_TOP: u64 = 0x4_0000;
-
-/// Opens KVM, or returns `None` (after printing why) when it is absent and not required.
-fn kvm_or_skip(test: &str) -> Option<Kvm> {
-    let required = std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    match Kvm::open(Path::new(KVM_PATH)) {
-        Ok(kvm) => Some(kvm),
-        Err(e) if !required => {
-            println!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: HV_REQUIRE_KVM=1 but {e}"),
-    }
-}
-
-/// A one-vCPU guest: RAM at 0, the hv region with tables built by `x86`, code at `CODE`.
-struct Guest {
-    vcpu: Vcpu,
-    _vm: Vm,
-    ram: MmapRegion,
-    _hv: MmapRegion,
-}
-
-impl Guest {
-    /// `io_ports`: the ports the guest may use.
-    fn new(kvm: &Kvm, code: &[u8], io_ports: Vec<u16>) -> Guest {
-        let layout = HvRegionLayout::new(RAM_SIZE, 1).unwrap();
-        let ram = MmapRegion::new(RAM_SIZE as usize).unwrap();
-        let hv = MmapRegion::new(layout.size() as usize).unwrap();
-        {
-            // SAFETY: `hv` is a fresh private mapping of `layout.size()` bytes that no vCPU
-            // uses yet, and this is the only reference to it.
-            let mem = unsafe { std::slice::from_raw_parts_mut(hv.as_ptr(), hv.size()) };
-            let mut tables = HvTables::new(mem, layout).unwrap();
-            let ranges = [
-                UserRange {
-                    start: CODE,
-                    end: CODE + 0x2000,
-                    writable: false,
-                    executable: true,
-                },
-                UserRange {
-                    start: DATA,
-                    end: CRASH_STACK_TOP,
-                    writable: true,
-                    executable: false,
-                },
-            ];
-            let vcpus = [VcpuTables {
-                alt_stack_top: ALT_STACK_TOP,
-                crash_stack_top: CRASH_STACK_TOP,
-                io_ports,
-            }];
-            tables.build(&ranges, &vcpus).unwrap();
-        }
-        assert!(code.len() <= 0x2000);
-        // SAFETY: `code` fits in RAM at CODE (checked above); no vCPU runs yet.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                code.as_ptr(),
-                ram.as_ptr().add(CODE as usize),
-                code.len(),
-            )
-        };
-
-        let vm = Vm::new(kvm).unwrap();
-        // SAFETY: both mappings are owned by the returned Guest, which drops them after the
-        // vCPU and the VM; the host touches guest memory only while the vCPU is stopped.
-        unsafe {
-            vm.map_memory(0, 0, ram.as_ptr(), RAM_SIZE).unwrap();
-            vm.map_memory(1, HV_REGION_GPA, hv.as_ptr(), layout.size())
-                .unwrap();
-        }
-        let mut vcpu = vm.create_vcpu(0).unwrap();
-        let t = layout.descriptor_tables(0).unwrap();
-        vcpu.set_boot_state(&BootState::new(CODE, STACK_TOP, 0x5157, t))
-            .unwrap();
-        Guest {
-            vcpu,
-            _vm: vm,
-            ram,
-            _hv: hv,
-        }
-    }
-
-    fn read_ram(&self, gpa: u64, len: usize) -> Vec<u8> {
-        assert!(gpa + len as u64 <= RAM_SIZE);
-        // SAFETY: in bounds (checked); the vCPU is stopped (we hold `&self` and run needs
-        // `&mut`), so nothing writes concurrently.
-        (0..len)
-            .map(|i| unsafe { self.ram.as_ptr().add(gpa as usize + i).read_volatile() })
-            .collect()
-    }
-
-    /// Runs until an exit that is not `Interrupted`.
-    fn run(&mut self) -> Exit {
-        loop {
-            match self.vcpu.run().unwrap() {
-                Exit::Interrupted => continue,
-                exit => return exit,
-            }
-        }
-    }
-
-    fn write_ram(&self, gpa: u64, data: &[u8]) {
-        assert!(gpa + data.len() as u64 <= RAM_SIZE);
-        for (i, &b) in data.iter().enumerate() {
-            // SAFETY: in bounds (checked); the vCPU is stopped.
-            unsafe { self.ram.as_ptr().add(gpa as usize + i).write_volatile(b) };
-        }
-    }
-}
+mod common;
+use common::*;
 
 /// Tiny x86-64 encoder.
 mod asm {
@@ -193,7 +72,7 @@ fn rep_insw_and_rep_outsw_exchange_every_item() {
         &asm::JMP_SELF,
     ]
     .concat();
-    let mut g = Guest::new(&kvm, &code, vec![HCALL_PORT]);
+    let mut g = Guest::with_ports(&kvm, &code, vec![HCALL_PORT]);
     let (mut sent, mut in_exits) = (0u32, 0);
     loop {
         match g.run() {
@@ -314,7 +193,7 @@ fn emulated_devices_serve_a_guest() {
     .concat();
     let mut io_ports = bus.ports();
     io_ports.push(HCALL_PORT);
-    let mut g = Guest::new(&kvm, &code, io_ports);
+    let mut g = Guest::with_ports(&kvm, &code, io_ports);
     let data: Vec<u8> = (0..4 * 512).map(|i| (i * 7 % 251) as u8).collect();
     g.write_ram(u64::from(src), &data);
     g.write_ram(u64::from(text), b"!\n");
