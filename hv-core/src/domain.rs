@@ -322,7 +322,10 @@ impl Domain {
 
     /// `send(port)`: delivers to the peer, or returns the hv backend that must serve the port.
     pub fn send(&self, port: u64) -> Result<Option<Backend>, Errno> {
-        match self.ports().get(port)? {
+        // Take the binding and drop our table's lock before touching the peer's: two domains
+        // sending to each other at once would otherwise deadlock.
+        let binding = self.ports().get(port)?;
+        match binding {
             Binding::Virq { .. } => Err(Errno::EINVAL),
             Binding::Ipi { vcpu } => {
                 self.deliver(port as Port, vcpu);

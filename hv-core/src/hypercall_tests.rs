@@ -1107,3 +1107,25 @@ fn store_serves_requests_and_watch_events_over_the_ring() {
         "a unaffected"
     );
 }
+
+#[test]
+fn two_domains_sending_to_each_other_at_once_do_not_deadlock() {
+    let (a, b) = pair();
+    let pa = a.rax(hc::EVTCHN_OP, &[ev::ALLOC_UNBOUND, 2]) as u64;
+    let pb = b.rax(hc::EVTCHN_OP, &[ev::BIND_INTERDOMAIN, 1, pa]) as u64;
+    let (da, db) = (Arc::clone(&a.dom), Arc::clone(&b.dom));
+    let send = |d: Arc<Domain>, port: u64| {
+        std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                let call = Call {
+                    nr: hc::EVTCHN_OP,
+                    args: [ev::SEND, port, 0, 0, 0],
+                };
+                assert_eq!(dispatch(&d, 0, &call, &mut Cr2(0)), Action::Return(0));
+            }
+        })
+    };
+    let (ta, tb) = (send(da, pa), send(db, pb));
+    ta.join().unwrap();
+    tb.join().unwrap();
+}
