@@ -2,13 +2,17 @@
 
 use core::fmt;
 
+use hypercall_abi::ring::RingError;
+use hypercall_abi::store::StoreError;
 use hypercall_abi::Errno;
 
 /// Why an SDK call failed.
 ///
 /// Every typed hypercall wrapper returns `Result<_, Error>`. The hypervisor reports failures
 /// as `-errno` in `rax`; an errno that ABI v1 defines becomes [`Error::Errno`], any other
-/// negative value [`Error::UnknownErrno`] (a newer or misbehaving hypervisor).
+/// negative value [`Error::UnknownErrno`] (a newer or misbehaving hypervisor). A store error
+/// ([`StoreError`]) becomes the [`Error::Errno`] it maps to. The two other variants report a
+/// peer that broke a shared-memory protocol rather than a refused call.
 ///
 /// ```
 /// use guest_sdk::{abi::Errno, Error};
@@ -24,6 +28,12 @@ pub enum Error {
     Errno(Errno),
     /// The hypervisor returned a negative value that is not a known `-errno` (the raw `rax`).
     UnknownErrno(i64),
+    /// A shared ring failed: its peer wrote an impossible index ([`RingError::Overflow`]: the
+    /// peer is broken or hostile and should be disconnected), or the ring has no room.
+    Ring(RingError),
+    /// The store answered with a slot that is not a valid answer to the request: malformed,
+    /// or a response of the wrong kind (a `List` to a `Read`, say).
+    BadResponse,
 }
 
 /// `Result` with the SDK's [`Error`].
@@ -42,7 +52,7 @@ impl Error {
     pub fn errno(self) -> Option<Errno> {
         match self {
             Error::Errno(e) => Some(e),
-            Error::UnknownErrno(_) => None,
+            Error::UnknownErrno(_) | Error::Ring(_) | Error::BadResponse => None,
         }
     }
 
@@ -58,11 +68,25 @@ impl From<Errno> for Error {
     }
 }
 
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Errno(e.errno())
+    }
+}
+
+impl From<RingError> for Error {
+    fn from(e: RingError) -> Self {
+        Error::Ring(e)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Errno(e) => f.write_str(e.name()),
             Error::UnknownErrno(rax) => write!(f, "unknown errno ({rax})"),
+            Error::Ring(e) => write!(f, "ring: {e}"),
+            Error::BadResponse => f.write_str("malformed store response"),
         }
     }
 }
@@ -89,5 +113,10 @@ mod tests {
         use std::string::ToString;
         assert_eq!(Error::Errno(Errno::ENOSYS).to_string(), "ENOSYS");
         assert_eq!(Error::UnknownErrno(-5).to_string(), "unknown errno (-5)");
+        assert_eq!(
+            Error::from(RingError::Overflow).to_string(),
+            "ring: peer wrote an impossible ring index"
+        );
+        assert_eq!(Error::from(StoreError::Denied), Error::Errno(Errno::EACCES));
     }
 }

@@ -1,10 +1,13 @@
 //! Event channels, and the upcall that runs their handlers.
 //!
-//! A port is a number in `1..4096`. Bind one ([`bind_virq`], [`bind_ipi`]), give it a handler
-//! with [`set_handler`], and the handler runs from the event upcall whenever the port is
-//! signalled. Handlers run with upcalls masked (like an interrupt handler with interrupts off):
-//! keep them short, share data with the rest of the guest through atomics or an
-//! [`IrqMutex`](crate::sync::IrqMutex), and do not sleep in them.
+//! A port is a number in `1..4096`. Bind one ([`bind_virq`], [`bind_ipi`]), or connect to
+//! another domain ([`alloc_unbound`] on one side, [`bind_interdomain`] on the other), give it a
+//! handler with [`set_handler`], and the handler runs from the event upcall whenever the port is
+//! signalled. Ordinary code can instead wait for a masked port itself with
+//! [`sched::poll`](crate::sched::poll) and [`clear_pending`]. Handlers run with upcalls
+//! masked (like an interrupt handler with interrupts off): keep them short, share data with the
+//! rest of the guest through atomics or an [`IrqMutex`](crate::sync::IrqMutex), and do not
+//! sleep in them.
 //!
 //! ```no_run
 //! use core::sync::atomic::{AtomicU32, Ordering};
@@ -38,7 +41,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use hypercall_abi::evtchn::{self as ops};
 pub use hypercall_abi::evtchn::{EvtchnStatus, Port};
 use hypercall_abi::shared_info::NR_EVENT_CHANNELS;
-use hypercall_abi::{hypercall as nr, Errno};
+use hypercall_abi::{hypercall as nr, DomId, Errno};
 
 use crate::shared::{self, current_vcpu, Shared};
 use crate::{Error, Result};
@@ -84,6 +87,71 @@ pub fn bind_virq(virq: u32, vcpu: u32) -> Result<Port> {
 /// ```
 pub fn bind_ipi(vcpu: u32) -> Result<Port> {
     to_port(evtchn_op(ops::BIND_IPI, u64::from(vcpu), 0, 0)?)
+}
+
+/// Allocates a new port that domain `remote` can connect to with [`bind_interdomain`]
+/// (`evtchn_op(alloc_unbound)`). Its events go to vCPU 0. Tell the other domain the port number
+/// (through the store, for example). `ESRCH` if `remote` does not exist, `ENOSPC` if no port is
+/// free.
+///
+/// ```no_run
+/// let port = guest_sdk::events::alloc_unbound(2).unwrap();
+/// # let _ = port;
+/// ```
+pub fn alloc_unbound(remote: DomId) -> Result<Port> {
+    to_port(evtchn_op(ops::ALLOC_UNBOUND, u64::from(remote), 0, 0)?)
+}
+
+/// Connects a new local port to port `remote_port` of domain `remote`, which that domain
+/// allocated for us with [`alloc_unbound`] (`evtchn_op(bind_interdomain)`). Afterwards
+/// [`send`] on either end raises an event on the other. `ESRCH` if the domain does not exist,
+/// `EINVAL` if its port is not unbound, `EACCES` if it was allocated for another domain.
+///
+/// ```no_run
+/// let port = guest_sdk::events::bind_interdomain(1, 7).unwrap();
+/// guest_sdk::events::send(port).unwrap();
+/// ```
+pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port> {
+    to_port(evtchn_op(
+        ops::BIND_INTERDOMAIN,
+        u64::from(remote),
+        u64::from(remote_port),
+        0,
+    )?)
+}
+
+/// Clears `port`'s pending bit in the shared-info page and says whether it was set. (False
+/// before the runtime is set up, or for an out-of-range port.)
+///
+/// With [`sched::poll`](crate::sched::poll), which does not clear pending bits, this is how
+/// ordinary code waits for a masked port without a handler: clear the bit, check for work
+/// (a ring, say), and poll only if there is none. An event sent after the clear leaves the bit
+/// set, so the poll returns at once and no wakeup is lost.
+///
+/// ```no_run
+/// use guest_sdk::{events, sched};
+/// # let port = 5;
+/// # fn work_available() -> bool { false }
+/// events::mask(port).unwrap(); // no upcall: the bit stays for us
+/// loop {
+///     events::clear_pending(port);
+///     if work_available() {
+///         break;
+///     }
+///     sched::poll(&[port], 0).unwrap();
+/// }
+/// ```
+pub fn clear_pending(port: Port) -> bool {
+    if port >= NR_EVENT_CHANNELS {
+        return false;
+    }
+    let bit = 1u64 << (port % 64);
+    shared::shared().is_some_and(|s| {
+        s.pending_word(port as usize / 64)
+            .fetch_and(!bit, Ordering::SeqCst)
+            & bit
+            != 0
+    })
 }
 
 /// Signals `port`'s peer: the vCPU of an IPI port, or the backend of the console port. If the

@@ -49,7 +49,13 @@
 //! # Modules
 //!
 //! - [`console`]: [`print!`], [`println!`] (PV console ring) and the early console;
-//! - [`events`]: event channels and their handlers (run from the upcall);
+//! - [`events`]: event channels (within the domain and between domains) and their handlers
+//!   (run from the upcall);
+//! - [`grant`]: grant tables: share pages with other domains, map or copy theirs;
+//! - [`store`]: the store client (typed key-value service: find peers, publish and negotiate
+//!   devices, watches);
+//! - [`multicall`]: several hypercalls in one exit;
+//! - [`heap`]: the heap, and page-aligned [`heap::Pages`] for rings and shared data;
 //! - [`time`]: pvclock system time, wall clock, the one-shot timer, [`time::sleep`];
 //! - [`sched`]: [`yield_now`], block, poll, [`exit`], [`crash`];
 //! - [`sync`]: masking upcalls, [`sync::IrqMutex`];
@@ -61,15 +67,20 @@
 #![no_std]
 #![deny(missing_docs)]
 
+extern crate alloc;
+
 pub mod arch;
 pub mod console;
 mod error;
 pub mod events;
+pub mod grant;
 pub mod heap;
 pub mod hv;
+pub mod multicall;
 pub mod rt;
 pub mod sched;
 mod shared;
+pub mod store;
 pub mod sync;
 pub mod time;
 pub mod trap;

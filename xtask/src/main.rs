@@ -3,10 +3,13 @@
 //! ```text
 //! cargo xtask build                       build the guests and hv (release)
 //! cargo xtask run GUEST [-- HV ARGS]      build, then `hv run GUEST [HV ARGS]`
+//! cargo xtask run --config FILE [-- ARGS] build, then `hv run --config FILE [HV ARGS]`
+//! cargo xtask run pingpong [-- HV ARGS]   the same with examples/pingpong.toml
 //! cargo xtask demo                        build and run the demo guest
 //! cargo xtask test                        build, run every test and the conformance suite
 //! cargo xtask conformance                 build and run the ABI conformance suite
 //! cargo xtask bench hypercall             hypercall vs bare exit, start-up times
+//! cargo xtask bench interdomain           event round trip, ring throughput, exits per message
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,7 +22,14 @@ use std::time::{Duration, Instant};
 /// The target guests are built for.
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// The guest binaries of `demo-guest`.
-const GUESTS: &[&str] = &["hello", "demo", "conformance", "testguest", "bench"];
+const GUESTS: &[&str] = &[
+    "hello",
+    "demo",
+    "conformance",
+    "testguest",
+    "bench",
+    "pingpong",
+];
 
 const USAGE: &str = "\
 usage: cargo xtask COMMAND
@@ -27,12 +37,17 @@ usage: cargo xtask COMMAND
 commands:
   build                      build the guests (x86_64-unknown-none) and hv, release
   run GUEST [-- HV ARGS]     build, then `hv run GUEST [HV ARGS]`; GUEST is a guest name
-                             (hello, demo, conformance, testguest, bench) or an ELF path
+                             (hello, demo, conformance, testguest, bench) or an ELF path;
+                             `run pingpong` runs the two domains of examples/pingpong.toml
+  run --config FILE [-- HV ARGS]
+                             build, then `hv run --config FILE [HV ARGS]` (several domains)
   demo                       build and run the demo guest
   test                       build, `cargo test` (workspace default members), the SDK's
                              tests, and the conformance suite
   conformance                build and run the ABI conformance suite; needs `0 failed`
   bench hypercall            null hypercall vs bare port exit, start-up times
+  bench interdomain          two domains: event round trip, ring throughput with and
+                             without notification suppression, exits per message
 
 environment: HV_REQUIRE_KVM is passed on to the tests.";
 
@@ -61,7 +76,10 @@ fn dispatch(args: &[OsString]) -> Result<ExitCode> {
         "run" => {
             let (guest, hv_args) = parse_run(rest)?;
             build()?;
-            let status = run_hv(&guest_path(&guest)?, &hv_args)?;
+            let status = match guest {
+                Run::Guest(guest) => run_hv(&guest_path(&guest)?, &hv_args)?,
+                Run::Config(file) => run_hv_config(&file, &hv_args)?,
+            };
             Ok(exit_code(status))
         }
         "demo" => {
@@ -87,8 +105,16 @@ fn dispatch(args: &[OsString]) -> Result<ExitCode> {
                 bench_hypercall()?;
                 Ok(ExitCode::SUCCESS)
             }
-            Some(other) => Err(format!("unknown benchmark `{other}` (known: hypercall)")),
-            None => Err("`bench` needs a benchmark name (known: hypercall)".into()),
+            Some("interdomain") => {
+                no_more_args(&rest[1..])?;
+                build()?;
+                bench_interdomain()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(other) => Err(format!(
+                "unknown benchmark `{other}` (known: hypercall, interdomain)"
+            )),
+            None => Err("`bench` needs a benchmark name (known: hypercall, interdomain)".into()),
         },
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -108,18 +134,41 @@ fn no_more_args(rest: &[OsString]) -> Result<()> {
     }
 }
 
-/// `run GUEST [-- HV ARGS]` (the `--` is optional: everything after GUEST goes to hv).
-fn parse_run(rest: &[OsString]) -> Result<(String, Vec<OsString>)> {
-    let guest = rest
+/// What `run` runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    /// One guest: a name under `demo-guest/src/bin` or an ELF path.
+    Guest(String),
+    /// The domains of a config file.
+    Config(PathBuf),
+}
+
+/// Examples that are several domains: `run NAME` runs `examples/NAME.toml`.
+const CONFIG_EXAMPLES: &[&str] = &["pingpong"];
+
+/// `run GUEST [-- HV ARGS]` or `run --config FILE [-- HV ARGS]` (the `--` is optional:
+/// everything after GUEST or FILE goes to hv). `run pingpong` is `run --config
+/// examples/pingpong.toml`.
+fn parse_run(rest: &[OsString]) -> Result<(Run, Vec<OsString>)> {
+    let first = rest
         .first()
         .and_then(|a| a.to_str())
-        .ok_or_else(|| format!("`run` needs a guest\n\n{USAGE}"))?
-        .to_string();
-    let mut hv_args = &rest[1..];
+        .ok_or_else(|| format!("`run` needs a guest or --config FILE\n\n{USAGE}"))?;
+    let (what, mut hv_args) = if first == "--config" {
+        let file = rest
+            .get(1)
+            .ok_or_else(|| format!("`run --config` needs a file\n\n{USAGE}"))?;
+        (Run::Config(PathBuf::from(file)), &rest[2..])
+    } else if CONFIG_EXAMPLES.contains(&first) {
+        let file = root().join("examples").join(format!("{first}.toml"));
+        (Run::Config(file), &rest[1..])
+    } else {
+        (Run::Guest(first.to_string()), &rest[1..])
+    };
     if hv_args.first().is_some_and(|a| a == "--") {
         hv_args = &hv_args[1..];
     }
-    Ok((guest, hv_args.to_vec()))
+    Ok((what, hv_args.to_vec()))
 }
 
 /// The workspace root (xtask lives in `ROOT/xtask`).
@@ -344,6 +393,30 @@ fn hv_command(guest: &Path, hv_args: &[OsString]) -> Result<Command> {
     let mut cmd = Command::new(hv);
     cmd.arg("run").arg(guest).args(hv_args);
     Ok(cmd)
+}
+
+/// `hv run --config FILE ARGS`.
+fn hv_config_command(file: &Path, hv_args: &[OsString]) -> Result<Command> {
+    let hv = hv_bin();
+    if !hv.is_file() {
+        return Err(format!(
+            "{} is missing (did the hv build succeed?)",
+            hv.display()
+        ));
+    }
+    if !file.is_file() {
+        return Err(format!("no config file at {}", file.display()));
+    }
+    let mut cmd = Command::new(hv);
+    cmd.arg("run").arg("--config").arg(file).args(hv_args);
+    Ok(cmd)
+}
+
+/// `hv run --config FILE ARGS` with inherited stdio.
+fn run_hv_config(file: &Path, hv_args: &[OsString]) -> Result<ExitStatus> {
+    hv_config_command(file, hv_args)?
+        .status()
+        .map_err(|e| format!("cannot start hv: {e}"))
 }
 
 /// `hv run GUEST ARGS` with inherited stdio.
@@ -615,6 +688,254 @@ fn bench_hypercall() -> Result<()> {
     Ok(())
 }
 
+/// One mode of `bench interdomain`: ping's options (pong follows them through the store).
+struct InterdomainMode {
+    label: &'static str,
+    ping_args: &'static str,
+    count: u64,
+}
+
+const INTERDOMAIN_MODES: [InterdomainMode; 3] = [
+    InterdomainMode {
+        label: "event round trip (notify=always batch=1)",
+        ping_args: "notify=always batch=1",
+        count: 5_000,
+    },
+    InterdomainMode {
+        label: "ring, notification suppression (notify=suppress)",
+        ping_args: "notify=suppress",
+        count: 100_000,
+    },
+    InterdomainMode {
+        label: "ring, notify every message (notify=always)",
+        ping_args: "notify=always",
+        count: 20_000,
+    },
+];
+
+/// What one `bench interdomain` run measured.
+#[derive(Debug, Default, PartialEq)]
+struct InterdomainResult {
+    /// Messages each way.
+    count: u64,
+    /// Ping's time for the exchange.
+    ns: u64,
+    /// Notifications sent by both domains.
+    events: u64,
+    /// Exits of both domains over their whole life (`hv --stats`).
+    exits: u64,
+    /// Round-trip latency (median, p10, p90), with one message in flight.
+    rtt: Option<(u64, u64, u64)>,
+}
+
+/// A line of a multi-domain run without its `[domain] ` prefix.
+fn strip_domain_prefix(line: &str) -> &str {
+    match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+        Some((name, rest)) if !name.contains(' ') => rest,
+        _ => line,
+    }
+}
+
+/// The sum of every domain's `exit REASON N` lines of `hv --stats`.
+fn sum_exits(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("exit "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Reads ping's and pong's `bench` lines and hv's statistics.
+fn parse_interdomain(stdout: &[String], stderr: &str) -> Result<InterdomainResult> {
+    let lines: Vec<String> = stdout
+        .iter()
+        .map(|l| strip_domain_prefix(l).to_string())
+        .collect();
+    let b = parse_bench(&lines);
+    let get = |name: &str, key: &str| -> Result<u64> {
+        b.get(name)
+            .and_then(|m| m.get(key))
+            .copied()
+            .ok_or_else(|| format!("pingpong printed no `bench {name} {key}=` value"))
+    };
+    let rtt = match b.get("rtt_ns") {
+        Some(_) => Some((
+            get("rtt_ns", "median")?,
+            get("rtt_ns", "p10")?,
+            get("rtt_ns", "p90")?,
+        )),
+        None => None,
+    };
+    let exits = sum_exits(stderr);
+    if exits == 0 {
+        return Err("hv --stats printed no `exit` lines".into());
+    }
+    Ok(InterdomainResult {
+        count: get("pingpong_ping", "n")?,
+        ns: get("pingpong_ping", "ns")?,
+        events: get("pingpong_ping", "events")? + get("pingpong_pong", "events")?,
+        exits,
+        rtt,
+    })
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Runs ping and pong with `ping_args` under `hv --stats`.
+fn run_interdomain(m: &InterdomainMode) -> Result<InterdomainResult> {
+    let kernel = guest_path("pingpong")?;
+    let kernel = toml_string(&kernel.to_string_lossy());
+    let dir = target_dir().join("xtask");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = dir.join("interdomain.toml");
+    let text = format!(
+        "[[domain]]\nname = \"ping\"\nkernel = {kernel}\ncmdline = \"role=ping bench=1 count={} {}\"\n\n\
+         [[domain]]\nname = \"pong\"\nkernel = {kernel}\ncmdline = \"role=pong bench=1\"\n",
+        m.count, m.ping_args
+    );
+    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    eprintln!(
+        "xtask: hv run --config {} --stats  (ping: count={} {})",
+        file.display(),
+        m.count,
+        m.ping_args
+    );
+    let out = hv_config_command(&file, &["--stats".into()])?
+        .output()
+        .map_err(|e| format!("cannot start hv: {e}"))?;
+    let stdout: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        for l in &stdout {
+            eprintln!("{l}");
+        }
+        eprint!("{stderr}");
+        return Err(format!(
+            "pingpong ({}) failed ({})",
+            m.ping_args,
+            describe_status(out.status)
+        ));
+    }
+    parse_interdomain(&stdout, &stderr)
+}
+
+/// `12345678` as `12 345 678`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prints a markdown table, numbers right-aligned (every column but the first).
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if i == 0 {
+                    format!("{c:w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            if i == 0 {
+                "-".repeat(w + 2)
+            } else {
+                format!("{}:", "-".repeat(w + 1))
+            }
+        })
+        .collect();
+    println!("|{}|", rule.join("|"));
+    for r in rows {
+        line(r);
+    }
+}
+
+/// `cargo xtask bench interdomain`.
+fn bench_interdomain() -> Result<()> {
+    let mut results = Vec::new();
+    for m in &INTERDOMAIN_MODES {
+        results.push(run_interdomain(m)?);
+    }
+    let rate = |r: &InterdomainResult| r.count as f64 * 1e9 / r.ns.max(1) as f64;
+    let per_msg = |r: &InterdomainResult| r.exits as f64 / (2 * r.count.max(1)) as f64;
+    let rows: Vec<Vec<String>> = INTERDOMAIN_MODES
+        .iter()
+        .zip(&results)
+        .map(|(m, r)| {
+            vec![
+                m.label.to_string(),
+                group_digits(r.count),
+                group_digits(rate(r) as u64),
+                format!("{:.3}", per_msg(r)),
+                group_digits(r.events),
+                match r.rtt {
+                    Some((med, p10, p90)) => format!(
+                        "{} ({} .. {})",
+                        fmt_ns(med as f64),
+                        fmt_ns(p10 as f64),
+                        fmt_ns(p90 as f64)
+                    ),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    println!(
+        "interdomain benchmark: two domains (ping, pong) on one hv, one run per mode; \
+         exits per message = both domains' exits (`hv --stats`) / (2 x messages)"
+    );
+    print_table(
+        &[
+            "mode",
+            "messages each way",
+            "msgs/s",
+            "exits per message",
+            "notifications",
+            "round trip, median (p10 .. p90)",
+        ],
+        &rows,
+    );
+    let (sup, always) = (&results[1], &results[2]);
+    println!(
+        "notification suppression: {:.1}x the throughput of notify=always, {:.1}x fewer exits per message",
+        rate(sup) / rate(always).max(f64::MIN_POSITIVE),
+        per_msg(always) / per_msg(sup).max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,9 +975,20 @@ mod tests {
             .map(OsString::from)
             .collect();
         let (g, rest) = parse_run(&args).unwrap();
-        assert_eq!(g, "demo");
+        assert_eq!(g, Run::Guest("demo".into()));
         assert_eq!(rest, ["--mem", "64M"]);
         assert!(parse_run(&[]).is_err());
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let (g, rest) = parse_run(&os(&["--config", "a.toml", "--", "--stats"])).unwrap();
+        assert_eq!(g, Run::Config("a.toml".into()));
+        assert_eq!(rest, ["--stats"]);
+        assert!(parse_run(&os(&["--config"])).is_err());
+        let (g, rest) = parse_run(&os(&["pingpong", "--stats"])).unwrap();
+        assert_eq!(
+            g,
+            Run::Config(root().join("examples").join("pingpong.toml"))
+        );
+        assert_eq!(rest, ["--stats"]);
     }
 
     /// A minimal ELF64 image: header, one program header, and a note at offset 0x100.
@@ -693,6 +1025,41 @@ mod tests {
             .contains("PT_NOTE"));
         assert!(check(b"#!/bin/sh".to_vec()).unwrap_err().contains("ELF64"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn interdomain_output() {
+        let stdout: Vec<String> = [
+            "[pong] pingpong: pong (domain 2) <- ping (domain 1): ring-ref 0, port 4, count=10",
+            "[ping] bench pingpong_ping n=10 ns=5000 events=3",
+            "[pong] bench pingpong_pong n=10 ns=4900 events=4",
+            "[ping] bench rtt_ns median=100 p10=90 p90=200 n=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let stderr = "stats for domain pong: 7 exits\n  exit hypercall             5\n  exit kick 2\n  \
+                      hypercall  4 sched_op     3\nstats for domain ping: 4 exits\n  exit hypercall 4\n\
+                      hv: domain ping (id 1) powered off with code 0\n";
+        let r = parse_interdomain(&stdout, stderr).unwrap();
+        assert_eq!(
+            r,
+            InterdomainResult {
+                count: 10,
+                ns: 5000,
+                events: 7,
+                exits: 11,
+                rtt: Some((100, 90, 200)),
+            }
+        );
+        assert!(parse_interdomain(&stdout[..1], stderr).is_err());
+        assert!(parse_interdomain(&stdout, "").is_err());
+        assert_eq!(strip_domain_prefix("[a] b c"), "b c");
+        assert_eq!(strip_domain_prefix("[a b] c"), "[a b] c");
+        assert_eq!(strip_domain_prefix("plain"), "plain");
+        assert_eq!(group_digits(1234567), "1 234 567");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 
     #[test]
