@@ -49,8 +49,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use hypercall_abi::store::{
-    components, encode_response, home_path, is_in_subtree, parent, DeviceState, Perms, Request,
-    Response, StoreError, StoreSlot, Value, LIST_MAX, LOCAL, LOCAL_DOMAIN, MAX_NODES_HV,
+    components, encode_response, home_path, is_in_subtree, parent, Perms, Request, Response,
+    StoreError, StoreSlot, Value, LIST_MAX, LOCAL, LOCAL_DOMAIN, MAX_NODES_HV,
     MAX_NODES_PER_DOMAIN, MAX_WATCHES_PER_DOMAIN, PROTECTED, STORE_PAYLOAD_MAX,
 };
 use hypercall_abi::{DomId, DOMID_HV};
@@ -76,48 +76,7 @@ impl WatchFire {
     }
 }
 
-/// An owned [`Value`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnedValue {
-    /// [`Value::Bool`].
-    Bool(bool),
-    /// [`Value::U64`].
-    U64(u64),
-    /// [`Value::I64`].
-    I64(i64),
-    /// [`Value::Str`].
-    Str(String),
-    /// [`Value::Bytes`].
-    Bytes(Vec<u8>),
-    /// [`Value::State`].
-    State(DeviceState),
-}
-
-impl OwnedValue {
-    /// Copies a borrowed value.
-    pub fn from_value(v: &Value<'_>) -> OwnedValue {
-        match *v {
-            Value::Bool(b) => OwnedValue::Bool(b),
-            Value::U64(n) => OwnedValue::U64(n),
-            Value::I64(n) => OwnedValue::I64(n),
-            Value::Str(s) => OwnedValue::Str(s.to_owned()),
-            Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
-            Value::State(s) => OwnedValue::State(s),
-        }
-    }
-
-    /// Borrows it as a [`Value`].
-    pub fn as_value(&self) -> Value<'_> {
-        match self {
-            OwnedValue::Bool(b) => Value::Bool(*b),
-            OwnedValue::U64(n) => Value::U64(*n),
-            OwnedValue::I64(n) => Value::I64(*n),
-            OwnedValue::Str(s) => Value::Str(s),
-            OwnedValue::Bytes(b) => Value::Bytes(b),
-            OwnedValue::State(s) => Value::State(*s),
-        }
-    }
-}
+pub use hypercall_abi::store::OwnedValue;
 
 /// An owned [`Response`], as [`Store::handle`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -72,7 +72,9 @@ pub const MAP_READONLY: u64 = 1 << 0;
 
 /// One entry of a grant table, written by the granter.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct GrantEntry {
     /// [`GTF_PERMIT_ACCESS`], optionally with [`GTF_READONLY`]. Write the other fields first,
     /// then the flags.
@@ -89,7 +91,9 @@ const _: () = assert!(offset_of!(GrantEntry, frame) == 8);
 
 /// One side of a [`GrantCopy`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct CopyPtr {
     /// With the side's `COPY_*_GREF` flag: byte offset in the granted page. Without: a
     /// guest-physical address in the caller's RAM.
@@ -110,7 +114,9 @@ pub const COPY_DST_GREF: u16 = 1 << 1;
 
 /// One copy operation of [`COPY`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct GrantCopy {
     /// Where to copy from.
     pub src: CopyPtr,

@@ -17,6 +17,9 @@
 #![no_std]
 #![deny(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod console;
 pub mod errno;
 pub mod evtchn;

@@ -15,7 +15,9 @@ pub const MAX_MULTICALL: u64 = 32;
 
 /// One hypercall of a batch.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct MulticallEntry {
     /// Hypercall number (as `rax`).
     pub op: u64,

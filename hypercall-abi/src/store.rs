@@ -973,6 +973,83 @@ pub mod key {
     pub const EVENT_CHANNEL: &str = "event-channel";
 }
 
+#[cfg(feature = "alloc")]
+/// An owned copy of a [`Value`].
+///
+/// ```
+/// use hypercall_abi::store::{OwnedValue, Value};
+/// let v = OwnedValue::from_value(&Value::Str("ping"));
+/// assert_eq!(v.as_str(), Some("ping"));
+/// assert_eq!(v.as_value(), Value::Str("ping"));
+/// assert_eq!(OwnedValue::U64(7).as_u64(), Some(7));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedValue {
+    /// [`Value::Bool`].
+    Bool(bool),
+    /// [`Value::U64`].
+    U64(u64),
+    /// [`Value::I64`].
+    I64(i64),
+    /// [`Value::Str`].
+    Str(alloc::string::String),
+    /// [`Value::Bytes`].
+    Bytes(alloc::vec::Vec<u8>),
+    /// [`Value::State`].
+    State(DeviceState),
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedValue {
+    /// Copies a borrowed value.
+    pub fn from_value(v: &Value<'_>) -> OwnedValue {
+        match *v {
+            Value::Bool(b) => OwnedValue::Bool(b),
+            Value::U64(n) => OwnedValue::U64(n),
+            Value::I64(n) => OwnedValue::I64(n),
+            Value::Str(s) => OwnedValue::Str(alloc::string::String::from(s)),
+            Value::Bytes(b) => OwnedValue::Bytes(alloc::vec::Vec::from(b)),
+            Value::State(s) => OwnedValue::State(s),
+        }
+    }
+
+    /// Borrows it as a [`Value`].
+    pub fn as_value(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Bool(b) => Value::Bool(*b),
+            OwnedValue::U64(n) => Value::U64(*n),
+            OwnedValue::I64(n) => Value::I64(*n),
+            OwnedValue::Str(s) => Value::Str(s),
+            OwnedValue::Bytes(b) => Value::Bytes(b),
+            OwnedValue::State(s) => Value::State(*s),
+        }
+    }
+
+    /// The number, if it is a [`Value::U64`].
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            OwnedValue::U64(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The string, if it is a [`Value::Str`].
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            OwnedValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The state, if it is a [`Value::State`].
+    pub fn as_state(&self) -> Option<DeviceState> {
+        match self {
+            OwnedValue::State(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate alloc;

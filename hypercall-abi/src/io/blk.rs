@@ -79,7 +79,9 @@ pub const KEY_MAX_SEGMENTS: &str = "max-segments";
 
 /// One data segment: sectors `first_sect..=last_sect` of a granted page.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkSegment {
     /// Grant reference of the page (granted to the backend domain).
     pub gref: u32,
@@ -94,7 +96,9 @@ const _: () = assert!(size_of::<BlkSegment>() == 8);
 
 /// A request.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkRequest {
     /// Chosen by the frontend; echoed in the response.
     pub id: u64,
@@ -118,7 +122,9 @@ const _: () = assert!(offset_of!(BlkRequest, segs) == 24);
 
 /// A response.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkResponse {
     /// The request's `id`.
     pub id: u64,
