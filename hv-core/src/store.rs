@@ -670,7 +670,7 @@ mod tests {
     };
     use hypercall_abi::Errno;
     use proptest::prelude::*;
-    use DeviceState::*;
+    use hypercall_abi::store::DeviceState::{self, *};
 
     const HV: DomId = DOMID_HV;
 
