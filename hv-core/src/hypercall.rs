@@ -362,7 +362,9 @@ fn vcpu_op(dom: &Domain, cmd: u64, vcpu: u64, gpa: u64, ctl: &mut dyn VcpuCtl) -
                 return Err(Errno::EINVAL);
             }
             dom.ram.check(ctx.rip, 1)?;
-            dom.ram.check(ctx.rsp.saturating_sub(8), 8)?;
+            // The first push lands in [rsp - 8, rsp): it must be inside RAM.
+            dom.ram
+                .check(ctx.rsp.checked_sub(8).ok_or(Errno::EFAULT)?, 8)?;
             dom.start_vcpu(v, ctx)?;
             ret(0)
         }

@@ -164,6 +164,11 @@ fn console_write_checks_the_whole_range() {
         Errno::EINVAL
     );
     assert_eq!(
+        t.rax(hc::CONSOLE_WRITE, &[0x40_0000_0000, 0]),
+        0,
+        "an empty range is not examined"
+    );
+    assert_eq!(
         t.err(hc::CONSOLE_WRITE, &[SCRATCH, u64::MAX]),
         Errno::EINVAL
     );
@@ -508,6 +513,8 @@ fn vcpu_ops() {
             rsp: MEM + 4096,
             ..ctx
         },
+        VcpuContext { rsp: 0, ..ctx },
+        VcpuContext { rsp: 7, ..ctx },
     ] {
         t.dom.ram.write_obj(SCRATCH, &bad).unwrap();
         assert!(t.rax(hc::VCPU_OP, &[vc::UP, 1, SCRATCH]) < 0, "{bad:?}");

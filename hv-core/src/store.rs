@@ -665,12 +665,12 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hypercall_abi::store::DeviceState::{self, *};
     use hypercall_abi::store::{
         decode_request, decode_response, frontend_dir, join, Access, VALUE_MAX,
     };
     use hypercall_abi::Errno;
     use proptest::prelude::*;
-    use hypercall_abi::store::DeviceState::{self, *};
 
     const HV: DomId = DOMID_HV;
 

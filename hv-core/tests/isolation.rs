@@ -1,0 +1,191 @@
+//! Runs the two-domain guests under `hv run --config`: the isolation test
+//! (`examples/isolation.toml`: an attacker domain tries to reach a victim's memory through every
+//! hypercall that takes an address or a grant) and the conformance suite with its peer domain
+//! (`examples/conformance.toml`).
+//!
+//! Guests come from `HV_GUEST_DIR` (set by `cargo xtask test`), or
+//! `target/x86_64-unknown-none/release`; each example's kernel paths are rewritten to that
+//! directory in a copy of the config. Without KVM or the guests the tests skip (saying so),
+//! unless `HV_REQUIRE_KVM=1`, which turns a skip into a failure.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one run may take before it is killed and the test fails.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn required() -> bool {
+    std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1")
+}
+
+fn skip(why: &str) {
+    assert!(!required(), "HV_REQUIRE_KVM=1 but {why}");
+    eprintln!("SKIPPED: {why}");
+}
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("HV_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-none/release")
+        })
+}
+
+fn kvm_ok() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A copy of `examples/<example>` whose kernels point into the guest directory, or `None`
+/// (after deciding whether that is a failure) if KVM or the guest `guest` is missing.
+fn config(example: &str, guest: &str) -> Option<PathBuf> {
+    let dir = guest_dir();
+    if !dir.join(guest).is_file() {
+        skip(&format!(
+            "guest {guest} is not built in {} (run `cargo xtask build`)",
+            dir.display()
+        ));
+        return None;
+    }
+    if !kvm_ok() {
+        skip("/dev/kvm is not usable");
+        return None;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(example);
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let prefix = "\"../target/x86_64-unknown-none/release/";
+    assert!(
+        text.contains(prefix),
+        "{example} names no guest under {prefix}"
+    );
+    let dir = dir.canonicalize().expect("guest directory");
+    let text = text.replace(prefix, &format!("\"{}/", dir.display()));
+    let out = std::env::temp_dir().join(format!("hv-test-{}-{}", std::process::id(), example));
+    std::fs::write(&out, text).expect("write the config copy");
+    Some(out)
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+}
+
+/// Runs `hv run --config FILE`, killing it after `TIMEOUT`.
+fn hv_config(file: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+        .arg("run")
+        .arg("--config")
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hv");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for hv") {
+            break Some(s);
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    eprintln!(
+        "hv run --config {} -> {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        file.display()
+    );
+    let _ = std::fs::remove_file(file);
+    let Some(status) = status else {
+        panic!("hv did not finish within {} s (killed)", TIMEOUT.as_secs());
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+    }
+}
+
+/// The domain's last `N passed, M failed` line, as (N, M).
+fn summary(stdout: &str, domain: &str) -> Option<(u32, u32)> {
+    let prefix = format!("[{domain}] ");
+    stdout.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix(&prefix)?;
+        let (p, f) = rest.split_once(", ")?;
+        let p = p.strip_suffix(" passed")?.parse().ok()?;
+        let f = f.strip_suffix(" failed")?.parse().ok()?;
+        Some((p, f))
+    })
+}
+
+fn failures(stdout: &str, domain: &str) -> Vec<String> {
+    let prefix = format!("[{domain}] FAIL ");
+    stdout
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn attacker_cannot_reach_the_victims_memory() {
+    let Some(cfg) = config("isolation.toml", "isolation") else {
+        return;
+    };
+    let r = hv_config(&cfg);
+    let (passed, failed) = summary(&r.stdout, "attacker").expect("the attacker's closing line");
+    assert_eq!(
+        failed,
+        0,
+        "attempts not refused as documented:\n{}",
+        failures(&r.stdout, "attacker").join("\n")
+    );
+    assert!(passed >= 100, "only {passed} attempts");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("[victim] victim: secret intact")),
+        "the victim's verdict"
+    );
+    assert_eq!(r.code, 0);
+}
+
+#[test]
+fn conformance_suite_passes_with_its_peer_domain() {
+    let Some(cfg) = config("conformance.toml", "conformance") else {
+        return;
+    };
+    let r = hv_config(&cfg);
+    let (passed, failed) = summary(&r.stdout, "conformance").expect("the suite's closing line");
+    assert_eq!(
+        failed,
+        0,
+        "failed cases:\n{}",
+        failures(&r.stdout, "conformance").join("\n")
+    );
+    assert!(passed >= 110, "only {passed} cases passed");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("[conformance-peer] peer: done")),
+        "the peer was told `done`"
+    );
+    assert_eq!(r.code, 0);
+}
