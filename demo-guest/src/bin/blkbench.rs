@@ -48,9 +48,7 @@ impl<'a> Args<'a> {
     }
 
     fn num(&self, key: &str, default: u64) -> u64 {
-        self.get(key)
-            .and_then(parse_num)
-            .unwrap_or(default)
+        self.get(key).and_then(parse_num).unwrap_or(default)
     }
 }
 
@@ -103,17 +101,17 @@ fn main(si: &StartInfo) {
 /// Prints a workload's result, for people and for `cargo xtask bench block`.
 fn report(workload: &str, path: &str, bytes: u64, ns: u64, requests: u64, extra: &str) {
     let ns = ns.max(1);
-    // Tenths of MB/s (10^6 bytes) and whole IOPS.
-    let mbs10 = (u128::from(bytes) * 10_000 / u128::from(ns)) as u64;
+    // Thousandths of MB/s (10^6 bytes) and whole IOPS.
+    let mbs = (u128::from(bytes) * 1_000_000 / u128::from(ns)) as u64;
     let iops = (u128::from(requests) * 1_000_000_000 / u128::from(ns)) as u64;
     println!(
-        "{path} {workload}: {} KiB in {}.{:03} ms (pvclock), {} requests: {}.{} MB/s, {iops} IOPS",
+        "{path} {workload}: {} KiB in {}.{:03} ms (pvclock), {} requests: {}.{:03} MB/s, {iops} IOPS",
         bytes / 1024,
         ns / NS_PER_MS,
         ns % NS_PER_MS / 1000,
         requests,
-        mbs10 / 10,
-        mbs10 % 10
+        mbs / 1000,
+        mbs % 1000
     );
     println!("blkbench {workload} {path} bytes={bytes} ns={ns} requests={requests}{extra}");
 }
@@ -185,10 +183,18 @@ mod pv {
         }
     }
 
-    /// Sequential chunks of at most `max` bytes covering `total` bytes in `req`-byte requests.
+    /// `total` bytes in `req`-byte requests, each cut into equal ring requests of at most
+    /// `max` bytes (whole pages) when the device cannot take it in one.
     fn seq_chunks(total: u64, req: usize, max: usize) -> impl Iterator<Item = (u64, usize)> {
-        let step = req.min(max);
-        (0..total / step as u64).map(move |i| (i * step as u64, step))
+        let pieces = req.div_ceil(max);
+        let piece = (req / pieces).div_ceil(4096) * 4096;
+        (0..total / req as u64).flat_map(move |i| {
+            let start = i * req as u64;
+            (0..pieces).filter_map(move |p| {
+                let at = p * piece;
+                (at < req).then(|| (start + at as u64, piece.min(req - at)))
+            })
+        })
     }
 
     pub fn run(workload: &str, args: &Args<'_>) -> bool {
@@ -214,7 +220,12 @@ mod pv {
         let disk = dev.size_bytes();
         let total = args.num("bytes", 64 * MIB as u64).min(disk);
         let ops = args.num("ops", 20_000);
-        let max = dev.max_request_bytes();
+        // Ring requests small enough that two fit in the pool at once, so the guest's copy
+        // and notification overlap the backend's I/O.
+        let max = dev
+            .max_request_bytes()
+            .min(dev.pool_pages() / 2 * 4096)
+            .max(4096);
         let mut buf = vec![0x5au8; MIB];
         let mut ok = true;
         let seq = [
@@ -231,7 +242,13 @@ mod pv {
             let before = dev.stats();
             let t = time::monotonic_ns();
             let qd = dev.ring_size();
-            let r = stream(&mut dev, write, &mut seq_chunks(total, req, max), qd, &mut buf);
+            let r = stream(
+                &mut dev,
+                write,
+                &mut seq_chunks(total, req, max),
+                qd,
+                &mut buf,
+            );
             let ns = time::monotonic_ns() - t;
             ok &= finish(name, total, ns, total / req as u64, r, &dev, before);
         }
@@ -318,7 +335,9 @@ mod ata {
     /// takes #GP; the devices touch no guest memory.
     unsafe fn outb(port: u16, v: u8) {
         // SAFETY: the caller's contract; `out` changes no register or memory of ours.
-        unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+        }
     }
 
     /// `in al, dx`.
@@ -329,7 +348,9 @@ mod ata {
     unsafe fn inb(port: u16) -> u8 {
         let v: u8;
         // SAFETY: the caller's contract; `in` only writes `al`.
-        unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+        };
         v
     }
 
@@ -362,7 +383,6 @@ mod ata {
     }
 
     /// Why an ATA command failed.
-    #[derive(Debug)]
     pub enum AtaError {
         /// The device set ERR (or DF); the error register.
         Device(u8),
@@ -372,6 +392,17 @@ mod ata {
         Absent,
         /// A range beyond the disk, or a buffer that is not whole sectors.
         Range,
+    }
+
+    impl core::fmt::Display for AtaError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                AtaError::Device(e) => write!(f, "device error (error register {e:#04x})"),
+                AtaError::Timeout => f.write_str("BSY never cleared"),
+                AtaError::Absent => f.write_str("no device"),
+                AtaError::Range => f.write_str("range beyond the disk or not whole sectors"),
+            }
+        }
     }
 
     /// The master device on the primary channel.
@@ -450,7 +481,11 @@ mod ata {
 
         /// Loads the LBA48 registers (high-order bytes first) and issues `cmd`.
         fn command(&self, cmd: u8, lba: u64, count: usize) {
-            let c = if count == MAX_SECTORS { 0 } else { count as u16 };
+            let c = if count == MAX_SECTORS {
+                0
+            } else {
+                count as u16
+            };
             let b = lba.to_le_bytes();
             // SAFETY: ATA registers.
             unsafe {
@@ -468,11 +503,14 @@ mod ata {
         }
 
         fn check(&self, lba: u64, len: usize) -> Result<usize, AtaError> {
-            if len == 0 || len % SECTOR != 0 {
+            if len == 0 || !len.is_multiple_of(SECTOR) {
                 return Err(AtaError::Range);
             }
             let count = len / SECTOR;
-            if lba.checked_add(count as u64).is_none_or(|e| e > self.sectors) {
+            if lba
+                .checked_add(count as u64)
+                .is_none_or(|e| e > self.sectors)
+            {
                 return Err(AtaError::Range);
             }
             Ok(count)
@@ -524,13 +562,13 @@ mod ata {
         let disk = match Ata::probe() {
             Ok(d) => d,
             Err(e) => {
-                println!("blkbench: ata: no disk on the primary channel: {e:?}");
+                println!("blkbench: ata: no disk on the primary channel: {e}");
                 return false;
             }
         };
         println!(
             "blkbench: ata: primary master, {} MiB (PIO, LBA48, polled)",
-            disk.sectors * SECTOR as u64 >> 20
+            (disk.sectors * SECTOR as u64) >> 20
         );
         if workload == "none" {
             return true;
@@ -595,7 +633,7 @@ mod ata {
                 true
             }
             Err(e) => {
-                println!("blkbench {name} ata FAILED: {e:?}");
+                println!("blkbench {name} ata FAILED: {e}");
                 false
             }
         }
@@ -653,13 +691,17 @@ mod uart {
     fn outb(port: u16, v: u8) {
         // SAFETY: a COM1 register, which the hv lets this guest access when it emulates the
         // UART (asked for on the command line); the device touches no guest memory.
-        unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+        }
     }
 
     fn inb(port: u16) -> u8 {
         let v: u8;
         // SAFETY: as in `outb`.
-        unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+        };
         v
     }
 
@@ -699,7 +741,9 @@ mod tests {
 
     /// The byte at disk offset `o` of the pattern with `seed`.
     fn pattern_byte(seed: u64, o: u64) -> u8 {
-        let mut z = (o / 8).wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut z = (o / 8)
+            .wrapping_add(seed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z ^= z >> 31;
         z.to_le_bytes()[(o % 8) as usize]
@@ -751,7 +795,10 @@ mod tests {
         while next < records {
             let n = BATCH.min(records - next);
             for i in 0..n {
-                record(next + i, &mut buf[i as usize * SECTOR..(i as usize + 1) * SECTOR]);
+                record(
+                    next + i,
+                    &mut buf[i as usize * SECTOR..(i as usize + 1) * SECTOR],
+                );
             }
             let r = dev
                 .write(next * SECTOR as u64, &buf[..n as usize * SECTOR])
@@ -899,7 +946,10 @@ mod tests {
                 true
             }
             Some(p) => {
-                println!("discard: FAILED: byte {p} is {:#x}, expected {:#x}", buf[p], want[p]);
+                println!(
+                    "discard: FAILED: byte {p} is {:#x}, expected {:#x}",
+                    buf[p], want[p]
+                );
                 false
             }
         }

@@ -1,10 +1,14 @@
 //! The demo guest: shows the ABI version and features, the domain's resources, pvclock against
-//! the host's clock, timer events and an event channel, then powers off with code 0.
+//! the host's clock, timer events and an event channel, and, when it has a disk (`vbd 0`), a
+//! persistent log of its runs on it; then powers off with code 0.
 //!
-//! Its output lines start with a tag (`demo:`, `time:`, `timer:`, `event:`) so tests can grep
-//! them; it exits with code 1 if a check fails (a short sleep, an undelivered event).
+//! Its output lines start with a tag (`demo:`, `time:`, `timer:`, `event:`, `disk:`) so tests
+//! can grep them; it exits with code 1 if a check fails (a short sleep, an undelivered event, a
+//! disk error).
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -13,6 +17,8 @@ use guest_sdk::abi::{Features, ABI_MAJOR, ABI_MINOR};
 use guest_sdk::events::{self, Port};
 use guest_sdk::time::{self, DateTime, NS_PER_MS};
 use guest_sdk::{heap, hv, println, StartInfo};
+use pv_drivers::frontend::blk::{BlkError, BlockDevice, Config};
+use pv_drivers::frontend::device::DeviceError;
 
 guest_sdk::entry!(main);
 
@@ -95,6 +101,9 @@ fn main(si: &StartInfo) {
 
     // An event channel to ourselves.
     ok &= ipi_to_self();
+
+    // The persistent log on the disk, if there is one.
+    ok &= disk_log();
 
     println!(
         "demo: done in {} ms, powering off",
@@ -229,4 +238,100 @@ fn ipi_to_self() -> bool {
             false
         }
     }
+}
+
+/// The log's block: the first 4 KiB of the disk.
+const LOG_BYTES: usize = 4096;
+/// Bytes 0..16 of the log block.
+const LOG_MAGIC: &[u8; 16] = b"hv demo log v1\0\0";
+/// Where the records start, and their size (`run: u64`, `secs: u64`, `nanos: u32`, padding).
+const LOG_HEAD: usize = 64;
+const LOG_RECORD: usize = 32;
+/// Records kept (a ring: run N is in slot (N - 1) % LOG_SLOTS).
+const LOG_SLOTS: u64 = ((LOG_BYTES - LOG_HEAD) / LOG_RECORD) as u64;
+/// Previous runs listed.
+const LOG_SHOWN: u64 = 5;
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Appends a record (the run's number and the wall-clock time) to the log on vbd 0, flushes,
+/// and prints the previous runs. A domain without a disk skips it.
+fn disk_log() -> bool {
+    let cfg = Config {
+        data_pages: 4,
+        indirect_pages: 0,
+        ..Config::default()
+    };
+    let mut dev = match BlockDevice::open_with(0, cfg) {
+        Ok(d) => d,
+        Err(BlkError::Device(DeviceError::NoDevice)) => {
+            println!("disk: no vbd 0 (give hv `--disk IMAGE` for a persistent log)");
+            return true;
+        }
+        Err(e) => {
+            println!("disk: ERROR cannot open vbd 0: {e}");
+            return false;
+        }
+    };
+    if dev.read_only() || dev.size_bytes() < LOG_BYTES as u64 {
+        println!(
+            "disk: vbd 0 is {}, no log kept",
+            if dev.read_only() {
+                "read-only"
+            } else {
+                "smaller than 4 KiB"
+            }
+        );
+        return true;
+    }
+    let mut block = [0u8; LOG_BYTES];
+    if let Err(e) = dev.read(0, &mut block) {
+        println!("disk: ERROR reading the log: {e}");
+        return false;
+    }
+    let fresh = &block[..16] != LOG_MAGIC;
+    if fresh {
+        block.fill(0);
+        block[..16].copy_from_slice(LOG_MAGIC);
+    }
+    let previous = le_u64(&block, 16);
+    let run = previous + 1;
+    let (secs, nanos) = time::wall_clock();
+    let slot = LOG_HEAD + ((run - 1) % LOG_SLOTS) as usize * LOG_RECORD;
+    block[16..24].copy_from_slice(&run.to_le_bytes());
+    block[slot..slot + 8].copy_from_slice(&run.to_le_bytes());
+    block[slot + 8..slot + 16].copy_from_slice(&secs.to_le_bytes());
+    block[slot + 16..slot + 20].copy_from_slice(&nanos.to_le_bytes());
+    if let Err(e) = dev.write(0, &block).and_then(|()| dev.flush()) {
+        println!("disk: ERROR writing the log: {e}");
+        return false;
+    }
+    let mut line = alloc::format!("disk: run {run}; previous runs:");
+    if previous == 0 {
+        line.push_str(if fresh { " none (new log)" } else { " none" });
+    }
+    let first = previous.saturating_sub(LOG_SHOWN.min(LOG_SLOTS - 1)) + 1;
+    if first > 1 {
+        line.push_str(&alloc::format!(" ({} earlier)", first - 1));
+    }
+    for r in first..=previous {
+        let at = LOG_HEAD + ((r - 1) % LOG_SLOTS) as usize * LOG_RECORD;
+        let (s, n) = (le_u64(&block, at + 8), le_u64(&block, at + 16) as u32);
+        let sep = if r == first { " " } else { ", " };
+        line.push_str(&alloc::format!(
+            "{sep}#{} at {}",
+            le_u64(&block, at),
+            DateTime::from_unix(s, n)
+        ));
+    }
+    println!("{line}");
+    if let Err(e) = dev.close() {
+        println!("disk: ERROR closing vbd 0: {e}");
+        return false;
+    }
+    true
 }

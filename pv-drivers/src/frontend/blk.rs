@@ -67,7 +67,8 @@
 //!   pool's size).
 //! - **Notification suppression.** Waiting first spins on the ring for [`Config::spin_ns`]
 //!   (reading the ring costs no exit); only then does it ask the backend for a notification
-//!   (`rsp_event`), re-check, and block in `sched_op(poll)` on the masked port.
+//!   (`rsp_event`: after half the requests in flight have completed, so that one wakeup
+//!   serves a batch), re-check, and block in `sched_op(poll)` on the masked port.
 //!
 //! Errors: every call returns [`BlkError`]; a request's status from the backend is mapped to a
 //! variant ([`BlkError::from_status`]): `EINVAL` is [`BlkError::Invalid`], `EACCES`
@@ -85,6 +86,8 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::offset_of;
+use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use guest_sdk::abi::evtchn::Port;
 use guest_sdk::abi::io::blk::{
@@ -92,7 +95,7 @@ use guest_sdk::abi::io::blk::{
     KEY_READ_ONLY, KEY_SECTORS, KEY_SECTOR_SIZE, MAX_DIRECT_SEGMENTS, MAX_SEGMENTS, OP_DISCARD,
     OP_FLUSH, OP_READ, OP_WRITE, REQ_INDIRECT, SECTORS_PER_PAGE, SEGMENTS_PER_INDIRECT_PAGE,
 };
-use guest_sdk::abi::ring::{FrontRing, RingError};
+use guest_sdk::abi::ring::{FrontRing, RingError, RingHeader};
 use guest_sdk::abi::store::{key, DeviceState};
 use guest_sdk::abi::{DomId, Errno, PAGE_SIZE};
 use guest_sdk::grant::{self, GrantRef};
@@ -113,6 +116,10 @@ const SECTORS_PER_PAGE_U32: u32 = SECTORS_PER_PAGE as u32;
 /// Low bits of a request id: the slot; the rest: a generation number.
 const SLOT_BITS: u32 = 16;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// The most data pages a pool may have (page numbers are `u16`).
+const MAX_POOL_PAGES: usize = 4096;
+/// Where the ring's `rsp_event` is.
+const RSP_EVENT_OFFSET: usize = offset_of!(RingHeader, rsp_event);
 
 /// Why a block operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,9 +249,9 @@ impl From<guest_sdk::Error> for BlkError {
 /// Tunables of [`BlockDevice::open_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Data pages granted once and reused (at most; fewer if the grant table is short). A
-    /// request needs one per 4 KiB; the largest request is the smaller of this and the
-    /// backend's `max-segments` pages.
+    /// Data pages granted once and reused (at most; fewer if the grant table is short, and at
+    /// most 4096). A request needs one per 4 KiB; the largest request is the smaller of this
+    /// and the backend's `max-segments` pages.
     pub data_pages: u32,
     /// Indirect-segment pages (at most): one per request of more than 11 pages in flight.
     pub indirect_pages: u32,
@@ -481,6 +488,8 @@ pub struct BlockDevice {
     free_indirect: Vec<u16>,
     generation: u64,
     unpublished: u32,
+    /// Responses consumed from the ring (the ring's `rsp_cons`: both start at 0).
+    rsp_cons: u32,
     stats: FrontStats,
     // Dropped last, after the ring that points into `ring_page`.
     indirect: Granted,
@@ -555,7 +564,7 @@ impl BlockDevice {
             .saturating_sub(grant::active_grants())
             .saturating_sub(cfg.reserve_grants);
         let backend_segs = usize::from(info.max_segments.min(MAX_SEGMENTS)).max(1);
-        let want_data = (cfg.data_pages as usize).max(1);
+        let want_data = (cfg.data_pages as usize).clamp(1, MAX_POOL_PAGES);
         // Indirect pages are only worth having if requests can exceed the slot's segments.
         let want_ind = if backend_segs > MAX_DIRECT_SEGMENTS && want_data > MAX_DIRECT_SEGMENTS {
             cfg.indirect_pages as usize
@@ -600,6 +609,7 @@ impl BlockDevice {
             free_indirect: (0..ind as u16).rev().collect(),
             generation: 1,
             unpublished: 0,
+            rsp_cons: 0,
             stats: FrontStats::default(),
             indirect,
             data: data_pool,
@@ -719,10 +729,7 @@ impl BlockDevice {
         if self.ring.free_requests() == 0 {
             return Err(BlkError::Busy);
         }
-        self.free_slots
-            .pop()
-            .map(usize::from)
-            .ok_or(BlkError::Busy)
+        self.free_slots.pop().map(usize::from).ok_or(BlkError::Busy)
     }
 
     fn next_id(&mut self, slot: usize) -> u64 {
@@ -947,7 +954,9 @@ impl BlockDevice {
 
     /// Publishes pending submissions ([`kick`](Self::kick)), then waits until at least one
     /// response can be reaped (returns at once if one can, or if nothing is in flight):
-    /// spins on the ring for [`Config::spin_ns`], then blocks on the event channel.
+    /// spins on the ring for [`Config::spin_ns`], then blocks on the event channel. When it
+    /// blocks with many requests in flight it asks to be woken only once half of them have
+    /// completed (the ring's `rsp_event`), so one wakeup serves a batch.
     /// [`BlkError::Timeout`] after [`Config::timeout_ns`] without a response;
     /// [`BlkError::Disconnected`] if the backend closed meanwhile.
     pub fn wait(&mut self) -> Result<(), BlkError> {
@@ -974,10 +983,8 @@ impl BlockDevice {
         loop {
             // Clear first: an event sent after this leaves the bit set and poll returns.
             events::clear_pending(port);
-            match self.ring.final_check_for_responses() {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => return Err(self.fail(BlkError::Protocol(ProtocolError::Ring(e)))),
+            if self.arm_responses()? {
+                return Ok(());
             }
             let now = time::monotonic_ns();
             if now >= deadline {
@@ -1001,6 +1008,33 @@ impl BlockDevice {
         }
     }
 
+    /// Before blocking: asks the backend to notify once half of the requests in flight (at
+    /// least one) have their responses, and re-checks the ring. `true` if responses are there
+    /// already (reap them instead of blocking).
+    fn arm_responses(&mut self) -> Result<bool, BlkError> {
+        let want = (self.ring.pending_requests() / 2).max(1);
+        if want == 1 {
+            return match self.ring.final_check_for_responses() {
+                Ok(more) => Ok(more),
+                Err(e) => Err(self.fail(BlkError::Protocol(ProtocolError::Ring(e)))),
+            };
+        }
+        // The ring's final check with a later event index: the backend notifies when its
+        // `rsp_prod` passes `rsp_cons + want`, which it will, since every one of the
+        // `2 * want` or more requests in flight gets a response.
+        let event = self
+            .ring_page
+            .ptr(0)
+            .wrapping_add(RSP_EVENT_OFFSET)
+            .cast::<u32>();
+        // SAFETY: `rsp_event` is the u32 at byte 12 of our ring page (4-aligned, inside the
+        // page); the ring accesses it only atomically too, and the backend only reads it.
+        let event = unsafe { AtomicU32::from_ptr(event) };
+        event.store(self.rsp_cons.wrapping_add(want), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Ok(self.available()? > 0)
+    }
+
     /// Responses published and not reaped yet.
     fn available(&mut self) -> Result<u32, BlkError> {
         match self.ring.unconsumed_responses() {
@@ -1022,12 +1056,11 @@ impl BlockDevice {
                 Ok(None) => return Ok(n),
                 Err(e) => return Err(self.fail(BlkError::Protocol(ProtocolError::Ring(e)))),
             };
+            self.rsp_cons = self.rsp_cons.wrapping_add(1);
             let idx = (rsp.id & SLOT_MASK) as usize;
             let slot = match self.slots.get(idx).copied().flatten() {
                 Some(s) if s.id == rsp.id => s,
-                _ => {
-                    return Err(self.fail(BlkError::Protocol(ProtocolError::UnknownId(rsp.id))))
-                }
+                _ => return Err(self.fail(BlkError::Protocol(ProtocolError::UnknownId(rsp.id)))),
             };
             let base = idx * self.max_segs;
             let c = Completion {
@@ -1252,4 +1285,70 @@ fn write_indirect(page: *mut u8, k: usize, seg: BlkSegment) {
     // 8-byte word at `k * 8` is inside it and aligned; the page is not in use by a request in
     // flight (it was free) and no reference to it exists.
     unsafe { core::ptr::write_volatile(page.add(k * 8).cast::<u64>(), u64::from_le_bytes(word)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_errors() {
+        assert_eq!(BlkError::from_status(0), Ok(()));
+        for (e, want) in [
+            (Errno::EINVAL, BlkError::Invalid),
+            (Errno::EACCES, BlkError::Access),
+            (Errno::EROFS, BlkError::ReadOnly),
+            (Errno::EOPNOTSUPP, BlkError::NotSupported),
+            (Errno::EIO, BlkError::Io),
+            (Errno::ENOSPC, BlkError::Status(-28)),
+        ] {
+            assert_eq!(BlkError::from_status(e.to_raw() as i32), Err(want));
+        }
+        assert_eq!(BlkError::from_status(5), Err(BlkError::Status(5)));
+    }
+
+    #[test]
+    fn alignment() {
+        assert_eq!(check_aligned(512, 1024), Ok(()));
+        assert_eq!(check_aligned(0, 0), Ok(()));
+        assert_eq!(check_aligned(1, 512), Err(BlkError::Unaligned));
+        assert_eq!(check_aligned(512, 100), Err(BlkError::Unaligned));
+    }
+
+    #[test]
+    fn indirect_entries_have_the_wire_layout() {
+        let mut page = [0u64; 512];
+        let p = page.as_mut_ptr().cast::<u8>();
+        write_indirect(
+            p,
+            3,
+            BlkSegment {
+                gref: 0x0102_0304,
+                first_sect: 2,
+                last_sect: 7,
+                pad: 0,
+            },
+        );
+        write_indirect(p, 512, BlkSegment::default()); // out of the page: ignored
+        assert_eq!(page[3].to_le_bytes(), [4, 3, 2, 1, 2, 7, 0, 0]);
+        assert!(page.iter().enumerate().all(|(i, &w)| i == 3 || w == 0));
+    }
+
+    #[test]
+    fn errors_display_one_line() {
+        extern crate std;
+        use std::string::ToString;
+        for e in [
+            BlkError::ReadOnly,
+            BlkError::Protocol(ProtocolError::UnknownId(7)),
+            BlkError::Device(DeviceError::NoDevice),
+        ] {
+            let s = e.to_string();
+            assert!(s.starts_with("vbd: ") && !s.contains('\n'), "{s}");
+        }
+        assert_eq!(
+            BlkError::from(DeviceError::BackendClosed),
+            BlkError::Disconnected
+        );
+    }
 }

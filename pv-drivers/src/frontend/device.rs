@@ -61,11 +61,12 @@ impl core::error::Error for DeviceError {}
 
 /// The watch token a frontend uses on its backend's `state` (device `n`, class hashed in).
 fn token_for(class: &str, n: u32) -> u32 {
-    let mut h: u32 = 0xfe00_0000;
+    // FNV-1a of the class in the high half, the device number in the low half.
+    let mut h: u32 = 0x811c_9dc5;
     for b in class.bytes() {
-        h = h.rotate_left(5) ^ u32::from(b);
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    (h & 0xffff_0000) ^ (n & 0xffff)
+    (h & 0xffff_0000) | (n & 0xffff)
 }
 
 /// This domain's frontend directory of one device, and where its backend is.
