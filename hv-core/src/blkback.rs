@@ -1,9 +1,11 @@
 //! Block devices served by the hv: for each `--disk`, a backend thread that acts as the
 //! toolstack (creates the device directories in the store), waits for the frontend to publish
 //! its ring and event channel, then serves the ring with `pv_drivers`' block backend. The
-//! backend reaches the frontend's pages only through the grant table ([`GrantBook::hv_access`]).
+//! backend reaches the frontend's pages only through the grant table
+//! ([`GrantBook::hv_hold`]): every page it uses, the ring page included, is held for as long as
+//! it is used, and a held grant counts as mapped, so the frontend cannot end it meanwhile.
 //!
-//! [`GrantBook::hv_access`]: crate::grant::GrantBook::hv_access
+//! [`GrantBook::hv_hold`]: crate::grant::GrantBook::hv_hold
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -28,21 +30,52 @@ struct HvHost {
     port: Port,
 }
 
-impl BlockHost for HvHost {
-    /// Keeps the frontend's RAM alive while the backend uses the page.
-    type Guard = Arc<Domain>;
+/// A hold on one of the frontend's grants: keeps the frontend's RAM alive and makes the grant
+/// count as mapped (the frontend's `end_access` gets `EBUSY`) until dropped.
+pub struct Hold {
+    dom: Arc<Domain>,
+    reg: Arc<Registry>,
+    gref: u32,
+}
 
-    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Arc<Domain>>, Errno> {
-        let frame = self.reg.grants().hv_access(&self.dom, gref as u64, write)?;
-        // `hv_access` checked that the page-aligned frame lies inside the frontend's RAM.
+impl Hold {
+    fn take(
+        dom: &Arc<Domain>,
+        reg: &Arc<Registry>,
+        gref: u32,
+        write: bool,
+    ) -> Result<(Hold, u64), Errno> {
+        let frame = reg.grants().hv_hold(dom, gref as u64, write)?;
+        let hold = Hold {
+            dom: Arc::clone(dom),
+            reg: Arc::clone(reg),
+            gref,
+        };
+        Ok((hold, frame))
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.reg.grants().hv_release(self.dom.id, self.gref);
+    }
+}
+
+impl BlockHost for HvHost {
+    type Guard = Hold;
+
+    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Hold>, Errno> {
+        let (hold, frame) = Hold::take(&self.dom, &self.reg, gref, write)?;
+        // `hv_hold` checked that the page-aligned frame lies inside the frontend's RAM.
         debug_assert!(frame + PAGE_SIZE <= self.dom.ram.size());
         // SAFETY: computing an address inside the frontend's RAM mapping (checked above).
         let ptr = unsafe { self.dom.ram.host_base().add(frame as usize) };
         let ptr = NonNull::new(ptr).ok_or(Errno::EFAULT)?;
         // SAFETY: the pointer is page-aligned (frames are), inside the RAM mapping, which the
-        // guard (an Arc of the domain owning the mapping) keeps alive; the hv holds no Rust
-        // references into guest RAM; writable since guest RAM is mapped read-write.
-        Ok(unsafe { GrantedPage::new(ptr, Arc::clone(&self.dom)) })
+        // hold (with an Arc of the domain owning the mapping) keeps alive, and the hold keeps
+        // the frontend from ending the grant; the hv holds no Rust references into guest RAM;
+        // writable since guest RAM is mapped read-write.
+        Ok(unsafe { GrantedPage::new(ptr, hold) })
     }
 
     fn notify(&self) {
@@ -173,29 +206,29 @@ fn publish(reg: &Registry, dom: &Domain, dev: &DiskDevice, front: &str, back: &s
     );
 }
 
-/// Maps the frontend's ring and connects its port, once it says `Initialised`.
+/// Maps the frontend's ring and connects its port, once it says `Initialised`. The returned
+/// hold keeps the ring page granted while the device is connected.
 fn connect(
     dom: &Arc<Domain>,
     reg: &Arc<Registry>,
     dev: &DiskDevice,
     front: &str,
-) -> Result<(BlkRing, Port), String> {
+) -> Result<(BlkRing, Port, Hold), String> {
     let ring_ref = read_u64(reg, &format!("{front}/{}", st::key::RING_REF)).ok_or("no ring-ref")?;
     let port =
         read_u64(reg, &format!("{front}/{}", st::key::EVENT_CHANNEL)).ok_or("no event-channel")?;
-    let frame = reg
-        .grants()
-        .hv_access(dom, ring_ref, true)
-        .map_err(|e| format!("ring-ref {ring_ref}: {e}"))?;
+    let gref = u32::try_from(ring_ref).map_err(|_| format!("ring-ref {ring_ref}: out of range"))?;
+    let (hold, frame) =
+        Hold::take(dom, reg, gref, true).map_err(|e| format!("ring-ref {ring_ref}: {e}"))?;
     let port = dom
         .bind_to_backend(port, Backend::Block(dev.n))
         .map_err(|e| format!("event-channel {port}: {e}"))?;
-    // SAFETY: the ring page is a page of the frontend's RAM (checked by hv_access), alive as
-    // long as `dom`, which the serving thread holds; the guest writes it concurrently, which the
+    // SAFETY: the ring page is a page of the frontend's RAM (checked by hv_hold), alive as
+    // long as `dom`, which the serving thread holds (and held granted by `hold`); the guest writes it concurrently, which the
     // ring is built for.
     let ring = unsafe { BlkRing::new(dom.ram.host_base().add(frame as usize), PAGE_SIZE as usize) }
         .map_err(|e| format!("ring: {e}"))?;
-    Ok((ring, port))
+    Ok((ring, port, hold))
 }
 
 fn serve(
@@ -213,7 +246,7 @@ fn serve(
         flush: true,
         discard: !dev.read_only,
     };
-    let mut backend: Option<BlkBackend<HvHost>> = None;
+    let mut backend: Option<(BlkBackend<HvHost>, Hold)> = None;
     let mut pending_disk = Some(dev.disk);
     let n = dev.n;
     loop {
@@ -222,7 +255,7 @@ fn serve(
             break;
         }
         let fstate = read_state(&reg, &front_state);
-        if let Some(b) = backend.as_mut() {
+        if let Some((b, _ring_hold)) = backend.as_mut() {
             if matches!(fstate, Some(DeviceState::Closing | DeviceState::Closed)) {
                 store_write(&reg, &back_state, Value::State(DeviceState::Closed));
                 break;
@@ -252,7 +285,7 @@ fn serve(
             read_only: features.read_only,
         };
         match connect(&dom, &reg, &probe, &front) {
-            Ok((ring, port)) => {
+            Ok((ring, port, ring_hold)) => {
                 let host = HvHost {
                     dom: Arc::clone(&dom),
                     reg: Arc::clone(&reg),
@@ -264,7 +297,7 @@ fn serve(
                     store_write(&reg, &back_state, Value::State(DeviceState::Closed));
                     break;
                 }
-                backend = Some(b);
+                backend = Some((b, ring_hold));
             }
             Err(why) => {
                 eprintln!("hv: vbd{n} of domain {}: cannot connect: {why}", dom.name);

@@ -146,6 +146,9 @@ struct DomainGrants {
 #[derive(Default)]
 pub struct GrantBook {
     doms: BTreeMap<DomId, DomainGrants>,
+    /// Grants the hv's own backends are using right now: (granter, gref) -> how many holds.
+    /// A held grant counts as mapped: `end_access` refuses it with `EBUSY`.
+    hv_holds: BTreeMap<(DomId, GrantRef), u32>,
 }
 
 /// A checked copy of a grant entry.
@@ -213,8 +216,9 @@ impl GrantBook {
             return Err(Errno::EINVAL);
         }
         dom.ram.check(gpa, nr * 16)?;
+        let held = self.hv_holds.keys().any(|&(d, _)| d == dom.id);
         let d = self.dom(dom.id);
-        if d.mapped_by.values().any(|v| !v.is_empty()) {
+        if held || d.mapped_by.values().any(|v| !v.is_empty()) {
             return Err(Errno::EBUSY);
         }
         d.table = Some((gpa, nr as u32));
@@ -298,10 +302,12 @@ impl GrantBook {
     }
 
     fn is_mapped(&self, granter: DomId, gref: GrantRef) -> bool {
-        self.doms
-            .get(&granter)
-            .and_then(|d| d.mapped_by.get(&gref))
-            .is_some_and(|v| !v.is_empty())
+        self.hv_holds.contains_key(&(granter, gref))
+            || self
+                .doms
+                .get(&granter)
+                .and_then(|d| d.mapped_by.get(&gref))
+                .is_some_and(|v| !v.is_empty())
     }
 
     fn check_own_ref(&self, dom: &Domain, gref: u64) -> Result<u64, Errno> {
@@ -351,14 +357,29 @@ impl GrantBook {
     }
 
     /// For a backend inside the hv: checks `granter`'s grant `gref` for the hv
-    /// ([`hypercall_abi::DOMID_HV`]) and returns the granted frame's guest-physical address in
-    /// the granter's RAM. `EACCES` for a write through a read-only grant.
-    pub fn hv_access(&self, granter: &Domain, gref: u64, write: bool) -> Result<u64, Errno> {
+    /// ([`hypercall_abi::DOMID_HV`]), records a hold on it (until [`GrantBook::hv_release`]),
+    /// and returns the granted frame's guest-physical address in the granter's RAM. `EACCES`
+    /// for a write through a read-only grant. While held, the grant counts as mapped.
+    pub fn hv_hold(&mut self, granter: &Domain, gref: u64, write: bool) -> Result<u64, Errno> {
         let g = read_entry(self, granter, gref, hypercall_abi::DOMID_HV)?;
         if write && g.readonly {
             return Err(Errno::EACCES);
         }
+        *self
+            .hv_holds
+            .entry((granter.id, gref as GrantRef))
+            .or_default() += 1;
         Ok(g.frame)
+    }
+
+    /// Ends one hold taken with [`GrantBook::hv_hold`].
+    pub fn hv_release(&mut self, granter: DomId, gref: GrantRef) {
+        if let Some(n) = self.hv_holds.get_mut(&(granter, gref)) {
+            *n -= 1;
+            if *n == 0 {
+                self.hv_holds.remove(&(granter, gref));
+            }
+        }
     }
 
     /// Resolves one side of a copy to (domain, guest-physical address).
@@ -458,6 +479,7 @@ impl GrantBook {
     /// Forgets a stopped domain: its mappings of others' grants are removed, and others'
     /// mappings of its grants are revoked (their window pages become unmapped).
     pub fn remove_domain(&mut self, dom: &Domain, lookup: impl Fn(DomId) -> Option<Arc<Domain>>) {
+        self.hv_holds.retain(|&(d, _), _| d != dom.id);
         let Some(d) = self.doms.remove(&dom.id) else {
             return;
         };

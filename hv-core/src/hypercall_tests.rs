@@ -1136,3 +1136,46 @@ fn two_domains_sending_to_each_other_at_once_do_not_deadlock() {
     ta.join().unwrap();
     tb.join().unwrap();
 }
+
+#[test]
+fn a_grant_the_hv_backend_holds_cannot_be_ended() {
+    let t = domain(1);
+    assert_eq!(t.rax(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 4]), 0);
+    let hv = hypercall_abi::DOMID_HV;
+    grant(
+        &t,
+        0,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS | GTF_READONLY,
+            domid: hv,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    grant(
+        &t,
+        1,
+        GrantEntry {
+            flags: GTF_PERMIT_ACCESS,
+            domid: 2,
+            reserved: 0,
+            frame: FRAME,
+        },
+    );
+    let reg = t.dom.registry().unwrap();
+    // Only grants made to the hv, and only with the access they allow.
+    assert_eq!(reg.grants().hv_hold(&t.dom, 0, true), Err(Errno::EACCES));
+    assert_eq!(reg.grants().hv_hold(&t.dom, 1, false), Err(Errno::EACCES));
+    assert_eq!(reg.grants().hv_hold(&t.dom, 0, false), Ok(FRAME));
+    assert_eq!(
+        t.err(hc::GRANT_OP, &[gt::END_ACCESS, 0]),
+        Errno::EBUSY,
+        "held by the hv"
+    );
+    assert_eq!(
+        t.err(hc::GRANT_OP, &[gt::SET_TABLE, TABLE, 4]),
+        Errno::EBUSY
+    );
+    reg.grants().hv_release(t.dom.id, 0);
+    assert_eq!(t.rax(hc::GRANT_OP, &[gt::END_ACCESS, 0]), 0);
+}
