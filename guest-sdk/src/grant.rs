@@ -45,8 +45,12 @@ use crate::heap::Pages;
 use crate::sync::IrqMutex;
 use crate::{Error, Result};
 
-/// Entries in the SDK's grant table: one page of [`GrantEntry`]s.
-pub const TABLE_ENTRIES: u32 = (PAGE_SIZE / core::mem::size_of::<GrantEntry>() as u64) as u32;
+/// Entries in the SDK's grant table: the most the ABI allows, [`TABLE_PAGES`] pages of
+/// [`GrantEntry`]s (enough to grant a 1 MiB block request and its ring at once).
+pub const TABLE_ENTRIES: u32 = ops::MAX_GRANT_ENTRIES as u32;
+/// Pages the SDK's grant table takes.
+pub const TABLE_PAGES: usize =
+    (TABLE_ENTRIES as u64 * core::mem::size_of::<GrantEntry>() as u64).div_ceil(PAGE_SIZE) as usize;
 /// The most grant-window pages the SDK manages (the window's first ones, if it is larger).
 pub const MAX_WINDOW_PAGES: u32 = 1024;
 
@@ -135,7 +139,7 @@ impl Table {
     /// The entries, allocating and registering the table on first use.
     fn entries(&mut self) -> Result<*mut GrantEntry> {
         if self.page.is_none() {
-            let page = Pages::zeroed(1)?;
+            let page = Pages::zeroed(TABLE_PAGES)?;
             // SAFETY: set_table only records the (page-aligned, zeroed, heap-owned) page as our
             // table; the page is kept in `self.page` for the rest of the domain's life, and its
             // entries are only accessed atomically (`write_entry`).
@@ -502,9 +506,10 @@ mod tests {
     }
 
     #[test]
-    fn table_fits_one_page() {
-        assert_eq!(TABLE_ENTRIES, 256);
-        assert_eq!(TABLE_WORDS, 4);
+    fn table_takes_four_pages() {
+        assert_eq!(TABLE_ENTRIES, 1024);
+        assert_eq!(TABLE_PAGES, 4);
+        assert_eq!(TABLE_WORDS, 16);
         assert!(u64::from(TABLE_ENTRIES) <= ops::MAX_GRANT_ENTRIES);
     }
 
