@@ -508,6 +508,18 @@ fn test() -> Result<ExitCode> {
         failures.push(e);
     }
 
+    // The block frontend's unit tests need the guest-side feature, which no default member
+    // enables.
+    let mut frontend_tests = cargo();
+    frontend_tests.args(["test", "-p", "pv-drivers", "--features", "frontend,backend"]);
+    eprintln!("xtask: cargo test -p pv-drivers --features frontend,backend");
+    if let Err(e) = run_checked(
+        frontend_tests,
+        "cargo test -p pv-drivers --features frontend,backend",
+    ) {
+        failures.push(e);
+    }
+
     eprintln!("xtask: conformance suite");
     if let Err(e) = conformance() {
         failures.push(e);
