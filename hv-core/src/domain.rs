@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Se
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use hypercall_abi::evtchn::{virq, Port};
+use vmm_sys_util::eventfd::EventFd;
+
+use hypercall_abi::evtchn::{virq, Port, DOORBELL_PORT_BASE, MAX_DOORBELLS};
 use hypercall_abi::shared_info::{SharedInfo, VcpuInfo};
 use hypercall_abi::vcpu::VcpuContext;
 use hypercall_abi::{DomId, Errno};
@@ -22,7 +24,7 @@ use crate::layout::SHARED_INFO_GPA;
 use crate::loader::SymbolTable;
 use crate::memory::GuestRam;
 use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::stats::{ExitReason, Stats};
 use crate::time::Clock;
 
 /// Why a domain stopped.
@@ -47,6 +49,8 @@ pub trait Tables: Send {
     fn clear_gate(&mut self, vector: u8);
     /// Maps (`Some(writable)`) or unmaps (`None`) a grant-window slot in the page tables.
     fn set_window_pte(&mut self, slot: u32, writable: Option<bool>);
+    /// Lets the guest use an I/O port (a doorbell).
+    fn allow_io_port(&mut self, port: u16);
 }
 
 /// Makes a running vCPU leave the guest promptly (implemented over KVM in [`crate::vcpu`]).
@@ -175,6 +179,18 @@ pub struct DomainParts {
     pub window: Window,
     /// The registry the domain is part of.
     pub registry: Weak<Registry>,
+    /// Makes a doorbell on an I/O port (KVM's ioeventfd; an eventfd in tests).
+    pub make_doorbell: DoorbellMaker,
+}
+
+/// Makes an eventfd that is signalled whenever the guest writes to an I/O port.
+pub type DoorbellMaker = Box<dyn Fn(u16) -> std::io::Result<EventFd> + Send + Sync>;
+
+/// A doorbell: the port it rings, its I/O port, and a handle to wake its thread at shutdown.
+struct Doorbell {
+    port: Port,
+    io_port: u16,
+    wake: EventFd,
 }
 
 /// A running domain.
@@ -208,6 +224,8 @@ pub struct Domain {
     stopping: AtomicBool,
     polling: AtomicU32,
     backend_signals: Mutex<Vec<(Backend, Arc<Signal>)>>,
+    make_doorbell: DoorbellMaker,
+    doorbells: Mutex<Vec<Doorbell>>,
 }
 
 impl Domain {
@@ -237,6 +255,8 @@ impl Domain {
             stopping: AtomicBool::new(false),
             polling: AtomicU32::new(0),
             backend_signals: Mutex::new(Vec::new()),
+            make_doorbell: p.make_doorbell,
+            doorbells: Mutex::new(Vec::new()),
         }
     }
 
@@ -403,6 +423,46 @@ impl Domain {
                 s.raise();
             }
         }
+    }
+
+    /// `doorbell(port)`: an I/O port whose writes notify the device backend `port` is connected
+    /// to, without a hypercall (KVM signals an eventfd in the kernel; a thread raises the
+    /// backend).
+    pub fn doorbell(self: &Arc<Self>, port: u64) -> Result<u16, Errno> {
+        let backend = match self.ports().get(port)? {
+            Binding::HvBackend(b @ Backend::Block(_)) => b,
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        let mut bells = lock(&self.doorbells);
+        if let Some(b) = bells.iter().find(|b| b.port as u64 == port) {
+            return Ok(b.io_port);
+        }
+        if bells.len() >= MAX_DOORBELLS as usize {
+            return Err(Errno::ENOSPC);
+        }
+        let io_port = DOORBELL_PORT_BASE + bells.len() as u16;
+        let fd = (self.make_doorbell)(io_port).map_err(|_| Errno::ENOMEM)?;
+        let wake = fd.try_clone().map_err(|_| Errno::ENOMEM)?;
+        let dom = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name(format!("{}-bell{io_port:#x}", self.name))
+            .spawn(move || loop {
+                let Ok(rings) = fd.read() else { return };
+                let Some(dom) = dom.upgrade() else { return };
+                if dom.is_stopping() {
+                    return;
+                }
+                dom.stats.exits_n(ExitReason::Ioeventfd, rings);
+                dom.raise_backend(backend);
+            })
+            .map_err(|_| Errno::ENOMEM)?;
+        self.tables().allow_io_port(io_port);
+        bells.push(Doorbell {
+            port: port as Port,
+            io_port,
+            wake,
+        });
+        Ok(io_port)
     }
 
     /// At teardown: every interdomain peer of this domain returns to unbound.
@@ -731,6 +791,9 @@ impl Domain {
         }
         for (_, s) in lock(&self.backend_signals).iter() {
             s.raise();
+        }
+        for b in lock(&self.doorbells).iter() {
+            let _ = b.wake.write(1);
         }
     }
 }

@@ -239,7 +239,7 @@ fn sched_op(dom: &Domain, vcpu: u32, cmd: u64, a1: u64, a2: u64) -> HcResult {
     }
 }
 
-fn evtchn_op(dom: &Domain, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResult {
+fn evtchn_op(dom: &Arc<Domain>, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResult {
     match cmd {
         ev::BIND_VIRQ => {
             let port = dom.ports().bind_virq(a1, a2)?;
@@ -270,6 +270,7 @@ fn evtchn_op(dom: &Domain, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResult {
             let remote = u16::try_from(a1).map_err(|_| Errno::ESRCH)?;
             ret(dom.alloc_unbound(remote)? as u64)
         }
+        ev::DOORBELL => ret(dom.doorbell(a1)? as u64),
         ev::BIND_INTERDOMAIN => {
             let remote = u16::try_from(a1).map_err(|_| Errno::ESRCH)?;
             ret(dom.bind_interdomain(remote, a2)? as u64)

@@ -54,6 +54,9 @@ impl Tables for GateLog {
             .unwrap()
             .push((255, slot as u64, writable.map_or(0, |w| 1 + w as u8)));
     }
+    fn allow_io_port(&mut self, port: u16) {
+        self.0.lock().unwrap().push((254, port as u64, 0));
+    }
 }
 
 struct Cr2(u64);
@@ -94,6 +97,7 @@ fn domain_in(registry: &Arc<Registry>, id: u16, nr_vcpus: u32) -> T {
         tables: Box::new(gates.clone()),
         window: Window::new().unwrap(),
         registry: Arc::downgrade(registry),
+        make_doorbell: Box::new(|_| vmm_sys_util::eventfd::EventFd::new(0)),
     }));
     registry.insert(Arc::clone(&dom));
     registry.store().connect(&dom, store_port);
@@ -1178,4 +1182,46 @@ fn a_grant_the_hv_backend_holds_cannot_be_ended() {
     );
     reg.grants().hv_release(t.dom.id, 0);
     assert_eq!(t.rax(hc::GRANT_OP, &[gt::END_ACCESS, 0]), 0);
+}
+
+#[test]
+fn doorbells_ring_device_backends_without_a_hypercall() {
+    use crate::domain::Signal;
+    let t = domain(1);
+    let ipi = t.rax(hc::EVTCHN_OP, &[ev::BIND_IPI, 0]) as u64;
+    let dev = t.rax(
+        hc::EVTCHN_OP,
+        &[ev::ALLOC_UNBOUND, hypercall_abi::DOMID_HV as u64],
+    ) as u64;
+    // Not yet connected to a backend: no doorbell.
+    assert_eq!(
+        t.err(hc::EVTCHN_OP, &[ev::DOORBELL, dev]),
+        Errno::EOPNOTSUPP
+    );
+    t.dom.bind_to_backend(dev, Backend::Block(0)).unwrap();
+    let signal = Arc::new(Signal::default());
+    t.dom
+        .add_backend_signal(Backend::Block(0), Arc::clone(&signal));
+    for port in [ipi, t.dom.console_port as u64, 2] {
+        assert_eq!(
+            t.err(hc::EVTCHN_OP, &[ev::DOORBELL, port]),
+            Errno::EOPNOTSUPP,
+            "port {port}"
+        );
+    }
+    assert_eq!(t.err(hc::EVTCHN_OP, &[ev::DOORBELL, 4000]), Errno::EINVAL);
+    let io = t.rax(hc::EVTCHN_OP, &[ev::DOORBELL, dev]) as u64;
+    assert_eq!(io, ev::DOORBELL_PORT_BASE as u64);
+    assert_eq!(
+        t.rax(hc::EVTCHN_OP, &[ev::DOORBELL, dev]) as u64,
+        io,
+        "the same doorbell again"
+    );
+    assert!(
+        t.gates.0.lock().unwrap().contains(&(254, io, 0)),
+        "the port is allowed in the TSS"
+    );
+    // The guest's device port stays the guest's to close.
+    assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::CLOSE, dev]), 0);
+    drop(signal);
 }

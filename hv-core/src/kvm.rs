@@ -42,9 +42,10 @@ use kvm_bindings::{
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_MAX_CPUID_ENTRIES,
     KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
 };
-use kvm_ioctls::{Cap, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use thiserror::Error;
 use vmm_sys_util::errno;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::x86::{DescriptorTables, TSS_SELECTOR, USER_CS, USER_DS};
 
@@ -172,6 +173,20 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A doorbell: an eventfd that KVM signals, without leaving the kernel, whenever a guest
+    /// writes (`out`, any size and value) to I/O port `port`. The write never reaches the run
+    /// loop. The port must also be allowed in the guest's TSS I/O bitmap.
+    pub fn doorbell(&self, port: u16) -> Result<EventFd, KvmError> {
+        let fd = EventFd::new(libc::EFD_CLOEXEC).map_err(|e| KvmError::Ioctl {
+            op: "eventfd",
+            source: errno::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        self.fd
+            .register_ioevent(&fd, &IoEventAddress::Pio(u64::from(port)), NoDatamatch)
+            .map_err(ioctl_err("KVM_IOEVENTFD"))?;
+        Ok(fd)
+    }
+
     /// Creates a VM, checking the capabilities the hv relies on.
     pub fn new(kvm: &Kvm) -> Result<Self, KvmError> {
         for (cap, name) in [

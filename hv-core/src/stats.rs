@@ -16,6 +16,8 @@ pub enum ExitReason {
     Mmio,
     /// Kicked out of the guest (signal / immediate exit) to deliver an event or stop.
     Kick,
+    /// A doorbell write, served inside the kernel (counted from the eventfd).
+    Ioeventfd,
     /// The interrupt window opened.
     IrqWindow,
     /// `hlt`.
@@ -29,11 +31,12 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    const ALL: [ExitReason; 9] = [
+    const ALL: [ExitReason; 10] = [
         ExitReason::Hypercall,
         ExitReason::PortIo,
         ExitReason::Mmio,
         ExitReason::Kick,
+        ExitReason::Ioeventfd,
         ExitReason::IrqWindow,
         ExitReason::Halt,
         ExitReason::Shutdown,
@@ -47,6 +50,7 @@ impl ExitReason {
             ExitReason::PortIo => "port-io",
             ExitReason::Mmio => "mmio",
             ExitReason::Kick => "kick",
+            ExitReason::Ioeventfd => "ioeventfd",
             ExitReason::IrqWindow => "irq-window",
             ExitReason::Halt => "halt",
             ExitReason::Shutdown => "shutdown",
@@ -70,6 +74,11 @@ impl Stats {
     /// Counts an exit.
     pub fn exit(&self, r: ExitReason) {
         self.exits[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` exits of one reason.
+    pub fn exits_n(&self, r: ExitReason, n: u64) {
+        self.exits[r as usize].fetch_add(n, Relaxed);
     }
 
     /// Counts a hypercall (numbers past the ABI's count as "unknown").

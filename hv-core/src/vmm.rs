@@ -78,6 +78,9 @@ impl Tables for RegionTables {
     fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) {
         self.with_tables(|t| t.set_window_pte(slot, writable));
     }
+    fn allow_io_port(&mut self, port: u16) {
+        self.with_tables(|t| t.allow_io_port(port));
+    }
 }
 
 fn internal(what: &str) -> impl Fn(String) -> HvError + '_ {
@@ -90,7 +93,7 @@ pub struct RunningDomain {
     pub domain: Arc<Domain>,
     threads: Vec<thread::JoinHandle<()>>,
     timer: Option<thread::JoinHandle<()>>,
-    _vm: Vm,
+    _vm: Arc<Vm>,
 }
 
 impl RunningDomain {
@@ -177,7 +180,7 @@ pub fn start_domain(
     // The VM and its memory.
     let window =
         Window::new().map_err(|e| internal("reserving the grant window")(e.to_string()))?;
-    let vm = Vm::new(kvm).map_err(|e| internal("creating the VM")(e.to_string()))?;
+    let vm = Arc::new(Vm::new(kvm).map_err(|e| internal("creating the VM")(e.to_string()))?);
     // SAFETY: both mappings are owned by the domain (RAM) and its gates (hv region), which the
     // returned RunningDomain keeps alive at least as long as the VM (`_vm` is dropped with it,
     // and vCPU threads have ended before `wait` returns).
@@ -262,6 +265,10 @@ pub fn start_domain(
         tables: Box::new(gates),
         window,
         registry: Arc::downgrade(registry),
+        make_doorbell: {
+            let vm = Arc::clone(&vm);
+            Box::new(move |port| vm.doorbell(port).map_err(std::io::Error::other))
+        },
     }));
     registry.insert(Arc::clone(&domain));
     registry.store().connect(&domain, store_port);

@@ -610,6 +610,15 @@ impl<'a> HvTables<'a> {
         Ok(())
     }
 
+    /// Lets every vCPU's guest code use I/O port `port` (clears its bit in each TSS I/O bitmap).
+    pub fn allow_io_port(&mut self, port: u16) -> Result<(), X86Error> {
+        for v in 0..self.layout.nr_vcpus {
+            let byte = self.layout.tss(v)? + TSS_HEADER_SIZE + u64::from(port / 8);
+            self.mem[byte as usize] &= !(1 << (port % 8));
+        }
+        Ok(())
+    }
+
     /// Maps grant-window slot `slot` for the guest (user, no-execute, writable or not), or
     /// unmaps it (`None`). The slot's backing memory is the hv's business.
     pub fn set_window_pte(&mut self, slot: u32, writable: Option<bool>) -> Result<(), X86Error> {

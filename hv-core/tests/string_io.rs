@@ -225,3 +225,28 @@ fn emulated_devices_serve_a_guest() {
     std::fs::remove_file(&image).unwrap();
     println!("uart 4 bytes + ata 4-sector write, read and flush: {exits} device exits");
 }
+
+#[test]
+fn doorbell_writes_signal_the_eventfd_without_an_exit() {
+    let Some(kvm) = kvm_or_skip("doorbell_writes_signal_the_eventfd_without_an_exit") else {
+        return;
+    };
+    const BELL: u16 = 0x1000;
+    // Ring the doorbell three times, then make a hypercall so the run loop sees an exit.
+    let code = [
+        &asm::outb(BELL, 1)[..],
+        &asm::outb(BELL, 2),
+        &asm::outb(BELL, 3),
+        &asm::OUT_HCALL,
+        &asm::JMP_SELF,
+    ]
+    .concat();
+    let mut g = Guest::with_ports(&kvm, &code, vec![HCALL_PORT, BELL]);
+    let bell = g.vm.doorbell(BELL).unwrap();
+    let exit = g.run();
+    assert!(
+        matches!(exit, Exit::IoOut { port: 0x90, .. }),
+        "the doorbell writes never reach the run loop: {exit:?}"
+    );
+    assert_eq!(bell.read().unwrap(), 3, "one count per write");
+}

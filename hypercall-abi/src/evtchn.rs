@@ -51,6 +51,21 @@ pub const ALLOC_UNBOUND: u64 = 7;
 /// another domain; `ENOSPC` if no local port is free.
 pub const BIND_INTERDOMAIN: u64 = 8;
 
+/// `doorbell(port) -> io_port`: for a port connected to a device backend in the hypervisor (a
+/// port the guest allocated unbound for [`crate::DOMID_HV`] and the backend connected), an I/O
+/// port `io_port` such that a one-byte `out` to it (`out dx, al`, any value) has the effect of
+/// `send(port)` — without a hypercall, and where the platform allows (KVM's ioeventfd) without
+/// the vCPU leaving the kernel. Repeated calls return the same I/O port; it stays valid until the
+/// port is closed. `EINVAL` for a port that is not open; `EOPNOTSUPP` for a port that is not
+/// connected to a device backend (the console and store ports, IPI, VIRQ, interdomain ports);
+/// `ENOSPC` if the domain has [`MAX_DOORBELLS`] doorbells already.
+pub const DOORBELL: u64 = 9;
+
+/// The first I/O port doorbells use; they are numbered upwards from here.
+pub const DOORBELL_PORT_BASE: u16 = 0x1000;
+/// Most doorbells one domain may have.
+pub const MAX_DOORBELLS: u16 = 256;
+
 /// Virtual interrupts (the `virq` of [`BIND_VIRQ`]).
 pub mod virq {
     /// The vCPU's one-shot timer (`set_timer`) fired. Per vCPU.

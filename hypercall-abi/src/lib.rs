@@ -94,6 +94,9 @@ bitflags::bitflags! {
         const MULTICALL = 1 << 9;
         /// The store ([`store`]), reached over its ring and event channel.
         const STORE = 1 << 10;
+        /// Doorbells: notify a device backend with an `out` instead of a hypercall
+        /// ([`evtchn::DOORBELL`]).
+        const DOORBELLS = 1 << 11;
     }
 }
 

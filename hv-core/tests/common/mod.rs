@@ -32,7 +32,7 @@ pub fn kvm_or_skip(test: &str) -> Option<Kvm> {
 /// A one-vCPU guest: RAM at 0, the hv region with tables built by `x86`, code at `CODE`.
 pub struct Guest {
     pub vcpu: Vcpu,
-    _vm: Vm,
+    pub vm: Vm,
     pub ram: MmapRegion,
     _hv: MmapRegion,
     pub layout: HvRegionLayout,
@@ -106,7 +106,7 @@ impl Guest {
             .unwrap();
         Guest {
             vcpu,
-            _vm: vm,
+            vm,
             ram,
             _hv: hv,
             layout,

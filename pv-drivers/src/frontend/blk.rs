@@ -474,6 +474,9 @@ pub struct BlockDevice {
     cfg: Config,
     ring: FrontRing<BlkRequest, BlkResponse>,
     port: Option<Port>,
+    /// The port's doorbell, when the backend offers one: notifications are then an `out`
+    /// instead of a hypercall.
+    doorbell: Option<u16>,
     /// Set once we published `Initialised`: the backend may map the ring from then on.
     published: bool,
     closed: bool,
@@ -598,6 +601,7 @@ impl BlockDevice {
             cfg,
             ring,
             port: None,
+            doorbell: None,
             published: false,
             closed: false,
             broken: None,
@@ -634,6 +638,9 @@ impl BlockDevice {
         self.front.set_state(DeviceState::Initialised)?;
         self.front
             .wait_backend(deadline, |s| s == DeviceState::Connected)?;
+        // A backend in the hypervisor may give the port a doorbell (ABI feature DOORBELLS);
+        // without one, notifications stay `send` hypercalls.
+        self.doorbell = events::doorbell(port).ok();
         self.front.set_state(DeviceState::Connected)?;
         Ok(())
     }
@@ -946,7 +953,10 @@ impl BlockDevice {
         if self.ring.push_requests_and_check_notify() {
             if let Some(port) = self.port {
                 self.stats.notifications += 1;
-                events::send(port)?;
+                match self.doorbell {
+                    Some(bell) => events::ring_doorbell(bell),
+                    None => events::send(port)?,
+                }
             }
         }
         Ok(())
