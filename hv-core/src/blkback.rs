@@ -249,6 +249,9 @@ fn serve(
     let mut backend: Option<(BlkBackend<HvHost>, Hold)> = None;
     let mut pending_disk = Some(dev.disk);
     let n = dev.n;
+    // Set when the device must end up Closed (the frontend closed it, broke its ring, or could
+    // not be connected); the state is written after everything is released.
+    let mut close = false;
     loop {
         signal.wait(None);
         if dom.is_stopping() {
@@ -257,7 +260,7 @@ fn serve(
         let fstate = read_state(&reg, &front_state);
         if let Some((b, _ring_hold)) = backend.as_mut() {
             if matches!(fstate, Some(DeviceState::Closing | DeviceState::Closed)) {
-                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                close = true;
                 break;
             }
             if b.process().is_err() {
@@ -265,7 +268,7 @@ fn serve(
                     "hv: vbd{n} of domain {}: the frontend broke its ring; disconnected",
                     dom.name
                 );
-                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                close = true;
                 break;
             }
             continue;
@@ -293,17 +296,23 @@ fn serve(
                 };
                 let mut b = BlkBackend::new(ring, probe.disk, features, host);
                 store_write(&reg, &back_state, Value::State(DeviceState::Connected));
-                if b.process().is_err() {
-                    store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                let broken = b.process().is_err();
+                backend = Some((b, ring_hold));
+                if broken {
+                    close = true;
                     break;
                 }
-                backend = Some((b, ring_hold));
             }
             Err(why) => {
                 eprintln!("hv: vbd{n} of domain {}: cannot connect: {why}", dom.name);
-                store_write(&reg, &back_state, Value::State(DeviceState::Closed));
+                close = true;
                 break;
             }
         }
+    }
+    // Closed means released: let go of the ring page and every grant first.
+    drop(backend);
+    if close {
+        store_write(&reg, &back_state, Value::State(DeviceState::Closed));
     }
 }
