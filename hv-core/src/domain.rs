@@ -186,11 +186,20 @@ pub struct DomainParts {
 /// Makes an eventfd that is signalled whenever the guest writes to an I/O port.
 pub type DoorbellMaker = Box<dyn Fn(u16) -> std::io::Result<EventFd> + Send + Sync>;
 
-/// A doorbell: the port it rings, its I/O port, and a handle to wake its thread at shutdown.
+/// A doorbell: the port it rings, its I/O port, and how to stop its thread (set `stop`, then
+/// write `wake`).
 struct Doorbell {
     port: Port,
     io_port: u16,
     wake: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl Doorbell {
+    fn stop(&self) {
+        self.stop.store(true, SeqCst);
+        let _ = self.wake.write(1);
+    }
 }
 
 /// A running domain.
@@ -225,7 +234,8 @@ pub struct Domain {
     polling: AtomicU32,
     backend_signals: Mutex<Vec<(Backend, Arc<Signal>)>>,
     make_doorbell: DoorbellMaker,
-    doorbells: Mutex<Vec<Doorbell>>,
+    /// Live doorbells, and how many were ever made (their I/O ports are never reused).
+    doorbells: Mutex<(Vec<Doorbell>, u16)>,
 }
 
 impl Domain {
@@ -256,7 +266,7 @@ impl Domain {
             polling: AtomicU32::new(0),
             backend_signals: Mutex::new(Vec::new()),
             make_doorbell: p.make_doorbell,
-            doorbells: Mutex::new(Vec::new()),
+            doorbells: Mutex::new((Vec::new(), 0)),
         }
     }
 
@@ -394,6 +404,14 @@ impl Domain {
                 self.ports().close(port)?;
             }
         }
+        // A doorbell of the closed port stops ringing; its I/O port is not reused.
+        lock(&self.doorbells).0.retain(|b| {
+            let keep = b.port as u64 != port;
+            if !keep {
+                b.stop();
+            }
+            keep
+        });
         self.reset_port_bits(port as Port);
         Ok(())
     }
@@ -433,23 +451,27 @@ impl Domain {
             Binding::HvBackend(b @ Backend::Block(_)) => b,
             _ => return Err(Errno::EOPNOTSUPP),
         };
-        let mut bells = lock(&self.doorbells);
+        let mut guard = lock(&self.doorbells);
+        let (bells, made) = &mut *guard;
         if let Some(b) = bells.iter().find(|b| b.port as u64 == port) {
             return Ok(b.io_port);
         }
-        if bells.len() >= MAX_DOORBELLS as usize {
+        if *made >= MAX_DOORBELLS {
             return Err(Errno::ENOSPC);
         }
-        let io_port = DOORBELL_PORT_BASE + bells.len() as u16;
+        let io_port = DOORBELL_PORT_BASE + *made;
+        *made += 1;
         let fd = (self.make_doorbell)(io_port).map_err(|_| Errno::ENOMEM)?;
         let wake = fd.try_clone().map_err(|_| Errno::ENOMEM)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         let dom = Arc::downgrade(self);
         std::thread::Builder::new()
             .name(format!("{}-bell{io_port:#x}", self.name))
             .spawn(move || loop {
                 let Ok(rings) = fd.read() else { return };
                 let Some(dom) = dom.upgrade() else { return };
-                if dom.is_stopping() {
+                if dom.is_stopping() || stopped.load(SeqCst) {
                     return;
                 }
                 dom.stats.exits_n(ExitReason::Ioeventfd, rings);
@@ -461,6 +483,7 @@ impl Domain {
             port: port as Port,
             io_port,
             wake,
+            stop,
         });
         Ok(io_port)
     }
@@ -792,8 +815,8 @@ impl Domain {
         for (_, s) in lock(&self.backend_signals).iter() {
             s.raise();
         }
-        for b in lock(&self.doorbells).iter() {
-            let _ = b.wake.write(1);
+        for b in lock(&self.doorbells).0.iter() {
+            b.stop();
         }
     }
 }

@@ -1221,7 +1221,15 @@ fn doorbells_ring_device_backends_without_a_hypercall() {
         t.gates.0.lock().unwrap().contains(&(254, io, 0)),
         "the port is allowed in the TSS"
     );
-    // The guest's device port stays the guest's to close.
+    // The guest's device port stays the guest's to close; a port reopened under the same
+    // number gets a fresh doorbell.
     assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::CLOSE, dev]), 0);
+    let again = t.rax(
+        hc::EVTCHN_OP,
+        &[ev::ALLOC_UNBOUND, hypercall_abi::DOMID_HV as u64],
+    ) as u64;
+    assert_eq!(again, dev, "the lowest free port is reused");
+    t.dom.bind_to_backend(again, Backend::Block(0)).unwrap();
+    assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::DOORBELL, again]) as u64, io + 1);
     drop(signal);
 }
