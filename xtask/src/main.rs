@@ -580,6 +580,43 @@ fn conformance() -> Result<()> {
         )),
         Some((passed, _)) => {
             eprintln!("xtask: conformance: {passed} passed, 0 failed");
+            block_conformance()
+        }
+    }
+}
+
+/// The block protocol's cases: the `blkconformance` guest, a raw frontend, against the hv's
+/// backend on a read-write and a read-only scratch image.
+fn block_conformance() -> Result<()> {
+    let dir = root().join("target/xtask");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (rw, ro) = (dir.join("blkconf-rw.img"), dir.join("blkconf-ro.img"));
+    for (path, size) in [(&rw, 4u64 << 20), (&ro, 2 << 20)] {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let args: Vec<OsString> = vec![
+        "--disk".into(),
+        rw.into_os_string(),
+        "--disk".into(),
+        format!("{},readonly", ro.display()).into(),
+    ];
+    let (status, lines) = run_hv_captured(&guest_path("blkconformance")?, &args, true)?;
+    match lines.iter().rev().find_map(|l| parse_summary(l)) {
+        None => Err(format!(
+            "the blkconformance guest printed no `N passed, M failed` line ({})",
+            describe_status(status)
+        )),
+        Some((_, failed)) if failed > 0 => {
+            Err(format!("block conformance: {failed} case(s) failed"))
+        }
+        Some(_) if !status.success() => Err(format!(
+            "block conformance: all cases passed but hv ended with {}",
+            describe_status(status)
+        )),
+        Some((passed, _)) => {
+            eprintln!("xtask: block conformance: {passed} passed, 0 failed");
             Ok(())
         }
     }
