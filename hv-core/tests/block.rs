@@ -10,45 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{kvm_ok, skip};
+
 /// How long one run may take before the test kills `hv` and fails (a hang is a failure).
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
 
-fn required() -> bool {
-    std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1")
-}
-
-fn skip(why: &str) -> bool {
-    assert!(!required(), "HV_REQUIRE_KVM=1 but {why}");
-    eprintln!("SKIPPED: {why}");
-    true
-}
-
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HV_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-none/release")
-        });
-    dir.join("blkbench").exists().then_some(dir)
-}
-
-fn kvm_ok() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        true
-    } else {
-        !skip("/dev/kvm is not usable")
-    }
-}
-
 /// The path of guest `name`, if the guests are built and KVM is usable (else the test skips).
 fn guest(name: &str) -> Option<PathBuf> {
-    let Some(dir) = guest_dir() else {
+    let Some(dir) = support::guest_dir_with("blkbench") else {
         skip("the block guests are not built (run `cargo xtask test`)");
         return None;
     };

@@ -8,46 +8,17 @@ use std::process::{Command, Output};
 
 use hv_core::error::exit_code;
 
-fn required() -> bool {
-    std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1")
-}
-
-fn skip(why: &str) -> bool {
-    assert!(!required(), "HV_REQUIRE_KVM=1 but {why}");
-    eprintln!("SKIPPED: {why}");
-    true
-}
-
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HV_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-none/release")
-        });
-    dir.join("hello").exists().then_some(dir)
-}
+mod support;
+use support::{kvm_ok, skip};
 
 /// The path of a guest, or `None` (after deciding whether that is a failure) if guests are missing.
 fn guest(name: &str) -> Option<PathBuf> {
-    match guest_dir() {
+    match support::guest_dir_with("hello") {
         Some(d) => Some(d.join(name)),
         None => {
             skip("guest binaries are not built (run `cargo xtask test`)");
             None
         }
-    }
-}
-
-fn kvm_ok() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        true
-    } else {
-        !skip("/dev/kvm is not usable")
     }
 }
 

@@ -5,44 +5,15 @@
 //! tests skip, unless `HV_REQUIRE_KVM=1`, which turns a skip into a failure.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{kvm_ok, skip};
+
 /// How long one run may take before the test kills `hv` and fails (a hang is a failure).
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn required() -> bool {
-    std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1")
-}
-
-fn skip(why: &str) -> bool {
-    assert!(!required(), "HV_REQUIRE_KVM=1 but {why}");
-    eprintln!("SKIPPED: {why}");
-    true
-}
-
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HV_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-none/release")
-        });
-    dir.join("pingpong").exists().then_some(dir)
-}
-
-fn kvm_ok() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        true
-    } else {
-        !skip("/dev/kvm is not usable")
-    }
-}
 
 struct Run {
     code: i32,
@@ -52,7 +23,7 @@ struct Run {
 
 /// Runs `hv run --config` on two pingpong domains, ping with `ping_args`; `None` if skipped.
 fn pingpong(test: &str, ping_args: &str) -> Option<Run> {
-    let Some(dir) = guest_dir() else {
+    let Some(dir) = support::guest_dir_with("pingpong") else {
         skip("the pingpong guest is not built (run `cargo xtask test`)");
         return None;
     };

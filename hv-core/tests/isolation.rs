@@ -13,17 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{kvm_ok, skip};
+
 /// How long one run may take before it is killed and the test fails.
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn required() -> bool {
-    std::env::var("HV_REQUIRE_KVM").is_ok_and(|v| v == "1")
-}
-
-fn skip(why: &str) {
-    assert!(!required(), "HV_REQUIRE_KVM=1 but {why}");
-    eprintln!("SKIPPED: {why}");
-}
 
 fn guest_dir() -> PathBuf {
     std::env::var_os("HV_GUEST_DIR")
@@ -31,14 +25,6 @@ fn guest_dir() -> PathBuf {
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-none/release")
         })
-}
-
-fn kvm_ok() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
 }
 
 /// A copy of `examples/<example>` whose kernels point into the guest directory, or `None`
