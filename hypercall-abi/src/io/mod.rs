@@ -3,3 +3,4 @@
 //! connected through the store ([`crate::store`], §8 "Device layout").
 
 pub mod blk;
+pub mod net;

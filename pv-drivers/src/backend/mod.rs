@@ -17,6 +17,8 @@ use hypercall_abi::Errno;
 
 mod blk;
 mod disk;
+pub mod net;
+pub mod switch;
 #[cfg(test)]
 mod tests;
 
