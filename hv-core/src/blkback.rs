@@ -15,7 +15,7 @@ use hypercall_abi::evtchn::Port;
 use hypercall_abi::io::blk;
 use hypercall_abi::store::{self as st, Access, DeviceState, Perms, Request, Value};
 use hypercall_abi::{Errno, DOMID_HV, PAGE_SIZE};
-use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, BlockHost, Disk, GrantedPage};
+use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, Disk, GrantHost, GrantedPage};
 
 use crate::domain::{Domain, Signal};
 use crate::evtchn::Backend;
@@ -61,7 +61,7 @@ impl Drop for Hold {
     }
 }
 
-impl BlockHost for HvHost {
+impl GrantHost for HvHost {
     type Guard = Hold;
 
     fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Hold>, Errno> {

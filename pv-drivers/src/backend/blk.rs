@@ -14,7 +14,7 @@ use hypercall_abi::ring::BackRing;
 use hypercall_abi::Errno;
 
 use super::disk::{Disk, RawBuf};
-use super::{BlockHost, GrantedPage, PAGE_SIZE};
+use super::{GrantHost, GrantedPage, PAGE_SIZE};
 
 // One indirect page is enough for the largest request, and its segments fit in a page.
 const _: () = assert!(MAX_SEGMENTS as usize <= MAX_INDIRECT_PAGES * SEGMENTS_PER_INDIRECT_PAGE);
@@ -113,7 +113,7 @@ impl BlkCounters {
 }
 
 /// A block backend: serves one frontend's ring from one [`Disk`], reaching granted pages and
-/// the frontend's event channel through its [`BlockHost`].
+/// the frontend's event channel through its [`GrantHost`].
 ///
 /// Requests are served synchronously, in ring order, one response each. Data moves between the
 /// image file and the granted pages by `preadv`/`pwritev` straight into or out of the pages (one
@@ -144,7 +144,7 @@ impl BlkCounters {
 /// Not checked (the protocol gives them no meaning): `sector` of a flush, the slots of `segs`
 /// past the ones in use, and the entries of an indirect page past `nr_segments`. A discard of
 /// 0 sectors inside the disk succeeds and does nothing.
-pub struct BlkBackend<H: BlockHost> {
+pub struct BlkBackend<H: GrantHost> {
     ring: BlkRing,
     disk: Disk,
     host: H,
@@ -157,7 +157,7 @@ pub struct BlkBackend<H: BlockHost> {
     bufs: Vec<RawBuf>,
 }
 
-impl<H: BlockHost> fmt::Debug for BlkBackend<H> {
+impl<H: GrantHost> fmt::Debug for BlkBackend<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlkBackend")
             .field("ring", &self.ring)
@@ -184,7 +184,7 @@ fn in_disk(sector: u64, count: u64, sectors: u64) -> bool {
     sector.checked_add(count).is_some_and(|end| end <= sectors)
 }
 
-impl<H: BlockHost> BlkBackend<H> {
+impl<H: GrantHost> BlkBackend<H> {
     /// A backend serving `ring` (already attached to the frontend's ring page) from `disk`.
     ///
     /// The features actually offered ([`features`](Self::features)) are `wanted` narrowed by

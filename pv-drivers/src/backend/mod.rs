@@ -20,6 +20,8 @@ mod disk;
 pub mod net;
 pub mod switch;
 #[cfg(test)]
+mod test_host;
+#[cfg(test)]
 mod tests;
 
 pub use blk::{BackendError, BlkBackend, BlkCounters, BlkFeatures, BlkRing, BlkStats};
@@ -28,8 +30,10 @@ pub use disk::{Disk, DiskError, RawBuf};
 /// Bytes in a granted page.
 pub const PAGE_SIZE: usize = 4096;
 
-/// What a block backend needs from its host. This is the contract between the backend and
-/// whatever runs it (the hypervisor, a driver domain, a test).
+/// What a backend (block, net) needs from its host: grant access and event notification. This
+/// is the contract between the backends and whatever runs them (the hypervisor, a driver
+/// domain, a test). The block backend is described below; the net backend asks
+/// `page(gref, false)` for TX fragments and `page(gref, true)` for RX buffers.
 ///
 /// # Contract
 ///
@@ -49,7 +53,7 @@ pub const PAGE_SIZE: usize = 4096;
 /// - [`notify`](Self::notify) raises the frontend's event channel. The backend calls it only
 ///   when the ring says the frontend asked to be notified.
 /// - Neither method may panic or block for long on anything the frontend controls.
-pub trait BlockHost {
+pub trait GrantHost {
     /// What the host keeps alive while the backend uses a page (`()` if nothing).
     type Guard;
 
@@ -61,7 +65,7 @@ pub trait BlockHost {
     fn notify(&self);
 }
 
-impl<H: BlockHost + ?Sized> BlockHost for &H {
+impl<H: GrantHost + ?Sized> GrantHost for &H {
     type Guard = H::Guard;
 
     fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Self::Guard>, Errno> {

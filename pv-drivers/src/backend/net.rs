@@ -17,7 +17,7 @@ use hypercall_abi::io::net::{
 use hypercall_abi::ring::BackRing;
 use hypercall_abi::Errno;
 
-use super::{GrantedPage, PAGE_SIZE};
+use super::{GrantHost, GrantedPage, PAGE_SIZE};
 
 const _: () = assert!(RX_BUFFER_SIZE == PAGE_SIZE);
 
@@ -25,34 +25,6 @@ const _: () = assert!(RX_BUFFER_SIZE == PAGE_SIZE);
 pub type NetTxRing = BackRing<NetTxRequest, NetTxResponse>;
 /// The back end of an RX ring.
 pub type NetRxRing = BackRing<NetRxRequest, NetRxResponse>;
-
-/// What a network backend needs from its host: the same contract as
-/// [`BlockHost`](super::BlockHost). `page(gref, false)` is asked for TX fragments (the backend
-/// only reads them) and `page(gref, true)` for RX buffers (it writes into them); the backend
-/// answers `EACCES` for any refusal and drops every page before it answers the slot that named
-/// it. [`notify`](Self::notify) raises the frontend's event channel (one for both rings).
-pub trait NetHost {
-    /// What the host keeps alive while the backend uses a page (`()` if nothing).
-    type Guard;
-
-    /// Resolves grant `gref`; `write` says whether the backend will write into the page.
-    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Self::Guard>, Errno>;
-
-    /// Raises the frontend's event channel.
-    fn notify(&self);
-}
-
-impl<H: NetHost + ?Sized> NetHost for &H {
-    type Guard = H::Guard;
-
-    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Self::Guard>, Errno> {
-        (**self).page(gref, write)
-    }
-
-    fn notify(&self) {
-        (**self).notify()
-    }
-}
 
 /// Where [`NetBackend::process_tx`] sends the frames the frontend transmits. Any
 /// `FnMut(&[u8])` is one.
@@ -152,7 +124,7 @@ impl NetCounters {
 }
 
 /// A network backend: one frontend's TX and RX rings, reaching granted pages and the
-/// frontend's event channel through its [`NetHost`].
+/// frontend's event channel through its [`GrantHost`].
 ///
 /// # Transmit
 ///
@@ -174,7 +146,7 @@ impl NetCounters {
 ///
 /// Data moves between granted pages and local buffers with atomic loads and stores (the
 /// frontend may write its pages at any time), one copy each way.
-pub struct NetBackend<H: NetHost> {
+pub struct NetBackend<H: GrantHost> {
     tx: NetTxRing,
     rx: NetRxRing,
     host: H,
@@ -189,7 +161,7 @@ pub struct NetBackend<H: NetHost> {
     rx_taken: Vec<(NetRxRequest, Result<(), Errno>)>,
 }
 
-impl<H: NetHost> fmt::Debug for NetBackend<H> {
+impl<H: GrantHost> fmt::Debug for NetBackend<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NetBackend")
             .field("tx", &self.tx)
@@ -206,7 +178,7 @@ fn status_of(e: Errno) -> i16 {
     -(e as i32 as i16)
 }
 
-impl<H: NetHost> NetBackend<H> {
+impl<H: GrantHost> NetBackend<H> {
     /// A backend serving `tx` and `rx` (already attached to the frontend's ring pages) with
     /// the given MTU, lowered to [`MAX_MTU`] if above. Publish [`mtu`](Self::mtu).
     pub fn new(tx: NetTxRing, rx: NetRxRing, mtu: u16, host: H) -> Self {
