@@ -5,10 +5,12 @@
 //! the trait over its grant table and event channels) or later in a driver domain (which would
 //! implement it with grant-map hypercalls), and in tests (over local buffers).
 //!
-//! - [`BlockHost`]: what a block backend needs from its host: access to granted pages and a way
-//!   to notify the frontend.
+//! - [`GrantHost`]: what a backend needs from its host: access to granted pages and a way to
+//!   notify the frontend.
 //! - [`Disk`]: a raw image file as the backing store.
 //! - [`BlkBackend`]: the block protocol ([`hypercall_abi::io::blk`]) served from a [`Disk`].
+//! - [`net::NetBackend`]: the net protocol ([`hypercall_abi::io::net`]), and [`switch::Switch`],
+//!   a learning Ethernet switch to connect domains (not yet wired into the hv).
 
 use core::fmt;
 use core::ptr::NonNull;
