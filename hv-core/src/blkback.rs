@@ -1,87 +1,21 @@
 //! Block devices served by the hv: for each `--disk`, a backend thread that acts as the
 //! toolstack (creates the device directories in the store), waits for the frontend to publish
-//! its ring and event channel, then serves the ring with `pv_drivers`' block backend. The
-//! backend reaches the frontend's pages only through the grant table
-//! ([`GrantBook::hv_hold`]): every page it uses, the ring page included, is held for as long as
-//! it is used, and a held grant counts as mapped, so the frontend cannot end it meanwhile.
-//!
-//! [`GrantBook::hv_hold`]: crate::grant::GrantBook::hv_hold
+//! its ring and event channel, then serves the ring with `pv_drivers`' block backend, through
+//! [`HvHost`] (see [`crate::backend_host`] for how grants are held).
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::thread;
 
 use hypercall_abi::evtchn::Port;
 use hypercall_abi::io::blk;
-use hypercall_abi::store::{self as st, Access, DeviceState, Perms, Request, Value};
-use hypercall_abi::{Errno, DOMID_HV, PAGE_SIZE};
-use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, Disk, GrantHost, GrantedPage};
+use hypercall_abi::store::{self as st, DeviceState, Value};
+use hypercall_abi::{DOMID_HV, PAGE_SIZE};
+use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, Disk};
 
+use crate::backend_host::{make_device_dirs, read_state, read_u64, store_write, Hold, HvHost};
 use crate::domain::{Domain, Signal};
 use crate::evtchn::Backend;
 use crate::registry::Registry;
-use crate::store::{OwnedValue, ResponseBuf};
-
-/// The hv as a block backend's host: grant lookups in the frontend's grant table, notifications
-/// on the frontend's port.
-struct HvHost {
-    dom: Arc<Domain>,
-    reg: Arc<Registry>,
-    port: Port,
-}
-
-/// A hold on one of the frontend's grants: keeps the frontend's RAM alive and makes the grant
-/// count as mapped (the frontend's `end_access` gets `EBUSY`) until dropped.
-pub struct Hold {
-    dom: Arc<Domain>,
-    reg: Arc<Registry>,
-    gref: u32,
-}
-
-impl Hold {
-    fn take(
-        dom: &Arc<Domain>,
-        reg: &Arc<Registry>,
-        gref: u32,
-        write: bool,
-    ) -> Result<(Hold, u64), Errno> {
-        let frame = reg.grants().hv_hold(dom, gref as u64, write)?;
-        let hold = Hold {
-            dom: Arc::clone(dom),
-            reg: Arc::clone(reg),
-            gref,
-        };
-        Ok((hold, frame))
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.reg.grants().hv_release(self.dom.id, self.gref);
-    }
-}
-
-impl GrantHost for HvHost {
-    type Guard = Hold;
-
-    fn page(&self, gref: u32, write: bool) -> Result<GrantedPage<Hold>, Errno> {
-        let (hold, frame) = Hold::take(&self.dom, &self.reg, gref, write)?;
-        // `hv_hold` checked that the page-aligned frame lies inside the frontend's RAM.
-        debug_assert!(frame + PAGE_SIZE <= self.dom.ram.size());
-        // SAFETY: computing an address inside the frontend's RAM mapping (checked above).
-        let ptr = unsafe { self.dom.ram.host_base().add(frame as usize) };
-        let ptr = NonNull::new(ptr).ok_or(Errno::EFAULT)?;
-        // SAFETY: the pointer is page-aligned (frames are), inside the RAM mapping, which the
-        // hold (with an Arc of the domain owning the mapping) keeps alive, and the hold keeps
-        // the frontend from ending the grant; the hv holds no Rust references into guest RAM;
-        // writable since guest RAM is mapped read-write.
-        Ok(unsafe { GrantedPage::new(ptr, hold) })
-    }
-
-    fn notify(&self) {
-        self.dom.deliver(self.port, 0);
-    }
-}
 
 /// A disk to serve.
 pub struct DiskDevice {
@@ -91,31 +25,6 @@ pub struct DiskDevice {
     pub disk: Disk,
     /// Offer no writes.
     pub read_only: bool,
-}
-
-fn store_write(reg: &Registry, path: &str, value: Value<'_>) {
-    let _ = reg.store().hv_request(&Request::Write { path, value });
-}
-
-fn store_read(reg: &Registry, path: &str) -> Option<OwnedValue> {
-    match reg.store().hv_request(&Request::Read { path }) {
-        ResponseBuf::Value(v) => Some(v),
-        _ => None,
-    }
-}
-
-fn read_u64(reg: &Registry, path: &str) -> Option<u64> {
-    match store_read(reg, path)? {
-        OwnedValue::U64(v) => Some(v),
-        _ => None,
-    }
-}
-
-fn read_state(reg: &Registry, path: &str) -> Option<DeviceState> {
-    match store_read(reg, path)? {
-        OwnedValue::State(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// Starts the backend thread of one disk of `dom`.
@@ -143,17 +52,7 @@ pub fn start(
 
 /// Creates both device directories (as the toolstack) and the backend's feature keys.
 fn publish(reg: &Registry, dom: &Domain, dev: &DiskDevice, front: &str, back: &str) {
-    let mut store = reg.store();
-    let _ = store.hv_request(&Request::Mkdir { path: front });
-    let _ = store.hv_request(&Request::SetPerms {
-        path: front,
-        perms: Perms::owned_by(dom.id),
-    });
-    let _ = store.hv_request(&Request::Mkdir { path: back });
-    let mut perms = Perms::owned_by(DOMID_HV);
-    let _ = perms.grant(dom.id, Access::Read);
-    let _ = store.hv_request(&Request::SetPerms { path: back, perms });
-    drop(store);
+    make_device_dirs(reg, dom, front, back);
     let (ro, flush, discard) = (
         dev.read_only,
         true,
@@ -289,11 +188,7 @@ fn serve(
         };
         match connect(&dom, &reg, &probe, &front) {
             Ok((ring, port, ring_hold)) => {
-                let host = HvHost {
-                    dom: Arc::clone(&dom),
-                    reg: Arc::clone(&reg),
-                    port,
-                };
+                let host = HvHost::new(Arc::clone(&dom), Arc::clone(&reg), port);
                 let mut b = BlkBackend::new(ring, probe.disk, features, host);
                 store_write(&reg, &back_state, Value::State(DeviceState::Connected));
                 let broken = b.process().is_err();

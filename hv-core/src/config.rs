@@ -9,6 +9,7 @@
 //! vcpus = 1                     # optional, default 1
 //! cmdline = "role=ping"         # optional
 //! disks = ["disk.img", "ro.img,readonly"]   # optional; relative to this file
+//! nets = ["switch:lan"]         # optional; vif/0, vif/1, ... on in-hv switches
 //!
 //! [[domain]]
 //! name = "pong"
@@ -64,6 +65,55 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, HvError> {
     })
 }
 
+/// Most network interfaces one domain has.
+pub const MAX_NETS: usize = 16;
+
+/// Longest switch name.
+pub const MAX_SWITCH_NAME: usize = 64;
+
+/// What a domain's network interface is connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetSpec {
+    /// A port of the in-hv learning switch of this name (created by its first interface).
+    Switch(String),
+}
+
+/// Parses `switch:NAME` (NAME: 1 to [`MAX_SWITCH_NAME`] of `[A-Za-z0-9_.-]`). `tap:NAME` is
+/// refused: TAP backends are not supported yet.
+pub fn parse_net(text: &str) -> Result<NetSpec, HvError> {
+    let bad = |why: &str| HvError::BadArgument(format!("--net {text:?}: {why}"));
+    match text.split_once(':') {
+        Some(("switch", name)) => {
+            if name.is_empty()
+                || name.len() > MAX_SWITCH_NAME
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad(&format!(
+                    "the switch name must be 1 to {MAX_SWITCH_NAME} of [A-Za-z0-9_.-]"
+                )));
+            }
+            Ok(NetSpec::Switch(name.to_string()))
+        }
+        Some(("tap", _)) => Err(HvError::BadArgument(
+            "tap backends are not supported yet".into(),
+        )),
+        _ => Err(bad("use switch:NAME")),
+    }
+}
+
+/// Parses a domain's interfaces (at most [`MAX_NETS`]).
+pub fn parse_nets<S: AsRef<str>>(texts: &[S]) -> Result<Vec<NetSpec>, HvError> {
+    if texts.len() > MAX_NETS {
+        return Err(HvError::BadArgument(format!(
+            "{} network interfaces; at most {MAX_NETS} are allowed",
+            texts.len()
+        )));
+    }
+    texts.iter().map(|t| parse_net(t.as_ref())).collect()
+}
+
 /// One domain to run, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
@@ -81,6 +131,8 @@ pub struct DomainSpec {
     pub disks: Vec<DiskSpec>,
     /// An emulated ATA disk.
     pub ata_disk: Option<DiskSpec>,
+    /// Network interfaces, in order (device numbers 0, 1, ...).
+    pub nets: Vec<NetSpec>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +152,8 @@ struct Entry {
     #[serde(default)]
     disks: Vec<String>,
     ata_disk: Option<String>,
+    #[serde(default)]
+    nets: Vec<String>,
 }
 
 /// Parses and checks `--mem`.
@@ -196,6 +250,7 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
                 Some(spec)
             }
         };
+        let nets = parse_nets(&e.nets).map_err(ctx)?;
         specs.push(DomainSpec {
             name: e.name,
             kernel: base.join(e.kernel),
@@ -204,6 +259,7 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
             cmdline,
             disks,
             ata_disk,
+            nets,
         });
     }
     Ok(specs)
@@ -264,6 +320,59 @@ mod tests {
         .unwrap();
         assert_eq!(specs[0].disks.len(), 2);
         assert!(specs[0].disks[1].read_only && specs[0].disks[0].path.is_absolute());
+    }
+
+    #[test]
+    fn nets() {
+        assert_eq!(
+            parse_net("switch:lan").unwrap(),
+            NetSpec::Switch("lan".into())
+        );
+        assert_eq!(
+            parse_net("switch:a-b_c.1").unwrap(),
+            NetSpec::Switch("a-b_c.1".into())
+        );
+        let tap = parse_net("tap:tap0").unwrap_err();
+        assert!(matches!(tap, HvError::BadArgument(_)));
+        assert_eq!(
+            tap.to_string(),
+            "invalid argument: tap backends are not supported yet"
+        );
+        let long = format!("switch:{}", "x".repeat(MAX_SWITCH_NAME + 1));
+        for bad in [
+            "switch:",
+            "switch:a b",
+            "switch:a/b",
+            "lan",
+            "bridge:lan",
+            "",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(parse_net(bad), Err(HvError::BadArgument(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_nets(&vec!["switch:lan"; MAX_NETS]).is_ok());
+        assert!(parse_nets(&vec!["switch:lan"; MAX_NETS + 1]).is_err());
+        let specs = load_str(
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"switch:lan\", \"switch:wan\"]\n[[domain]]\nname = \"b\"\nkernel = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            specs[0].nets,
+            vec![NetSpec::Switch("lan".into()), NetSpec::Switch("wan".into())]
+        );
+        assert!(specs[1].nets.is_empty());
+        for bad in [
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"tap:t0\"]\n",
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = \"switch:lan\"\n",
+        ] {
+            assert!(
+                matches!(load_str(bad), Err(HvError::BadConfig { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

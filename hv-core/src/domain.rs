@@ -448,7 +448,7 @@ impl Domain {
     /// backend).
     pub fn doorbell(self: &Arc<Self>, port: u64) -> Result<u16, Errno> {
         let backend = match self.ports().get(port)? {
-            Binding::HvBackend(b @ Backend::Block(_)) => b,
+            Binding::HvBackend(b @ (Backend::Block(_) | Backend::Net(_))) => b,
             _ => return Err(Errno::EOPNOTSUPP),
         };
         let mut guard = lock(&self.doorbells);

@@ -17,6 +17,8 @@ pub enum Backend {
     Store,
     /// Block device `n` of the domain.
     Block(u32),
+    /// Network interface `n` (`vif/<n>`) of the domain.
+    Net(u32),
 }
 
 /// What an open port is bound to.

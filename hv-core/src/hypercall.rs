@@ -258,7 +258,7 @@ fn evtchn_op(dom: &Arc<Domain>, cmd: u64, a1: u64, a2: u64, _a3: u64) -> HcResul
                     dom.console().drain(&dom.ram);
                 }
                 Some(Backend::Store) => crate::store_service::serve(dom),
-                Some(b @ Backend::Block(_)) => dom.raise_backend(b),
+                Some(b @ (Backend::Block(_) | Backend::Net(_))) => dom.raise_backend(b),
             }
             ret(0)
         }

@@ -1233,3 +1233,27 @@ fn doorbells_ring_device_backends_without_a_hypercall() {
     assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::DOORBELL, again]) as u64, io + 1);
     drop(signal);
 }
+
+#[test]
+fn net_ports_raise_their_backend_and_get_doorbells() {
+    use crate::domain::Signal;
+    use std::time::Duration;
+    let t = domain(1);
+    let alloc = || {
+        t.rax(
+            hc::EVTCHN_OP,
+            &[ev::ALLOC_UNBOUND, hypercall_abi::DOMID_HV as u64],
+        ) as u64
+    };
+    let (vif0, vif1) = (alloc(), alloc());
+    t.dom.bind_to_backend(vif0, Backend::Net(0)).unwrap();
+    t.dom.bind_to_backend(vif1, Backend::Net(1)).unwrap();
+    let (s0, s1) = (Arc::new(Signal::default()), Arc::new(Signal::default()));
+    t.dom.add_backend_signal(Backend::Net(0), Arc::clone(&s0));
+    t.dom.add_backend_signal(Backend::Net(1), Arc::clone(&s1));
+    assert_eq!(t.rax(hc::EVTCHN_OP, &[ev::SEND, vif1]), 0);
+    assert!(s1.wait(Some(Duration::ZERO)), "send raises vif1's backend");
+    assert!(!s0.wait(Some(Duration::ZERO)), "and only it");
+    let io = t.rax(hc::EVTCHN_OP, &[ev::DOORBELL, vif0]) as u64;
+    assert_eq!(io, ev::DOORBELL_PORT_BASE as u64);
+}

@@ -13,6 +13,7 @@
 //! - the `hv` CLI (`src/main.rs`) on top, with [`error`] giving each failure its exit code.
 #![deny(missing_docs)]
 
+pub mod backend_host;
 pub mod blkback;
 pub mod config;
 pub mod console;
@@ -26,6 +27,7 @@ pub mod kvm;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod netback;
 pub mod registry;
 pub mod stats;
 pub mod store;

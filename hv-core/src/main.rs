@@ -1,7 +1,8 @@
 //! `hv`: run paravirtualized guests on KVM.
 //!
 //! ```text
-//! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--stats]
+//! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--disk PATH[,readonly]]...
+//!        [--net switch:NAME]... [--stats]
 //! hv run --config DOMAINS.toml [--stats]
 //! ```
 //! The guest's console goes to stdout; `hv`'s own messages (one line each) to stderr. `hv`
@@ -15,13 +16,14 @@ use std::sync::{mpsc, Arc};
 
 use clap::{Parser, Subcommand};
 use hv_core::blkback::DiskDevice;
-use hv_core::config::{self, DomainSpec, DEFAULT_MEM};
+use hv_core::config::{self, DomainSpec, NetSpec, DEFAULT_MEM};
 use hv_core::devices::AtaDisk;
 use hv_core::domain::StopReason;
 use hv_core::error::{exit_code, HvError};
 use hv_core::hypercall::OFFERED;
 use hv_core::kvm::{Kvm, KvmError};
 use hv_core::loader::GuestImage;
+use hv_core::netback::NetDevice;
 use hv_core::registry::Registry;
 use hv_core::time::Clock;
 use hv_core::vmm::{kvm_path, start_domain, DomainConfig};
@@ -69,6 +71,10 @@ enum Command {
         /// (port I/O, full virtualization), `PATH[,readonly]`; for comparisons.
         #[arg(long, value_name = "PATH[,readonly]")]
         ata_disk: Option<String>,
+        /// A paravirtual network interface on the in-hv learning switch NAME (created by its
+        /// first interface), `switch:NAME`; repeat for more interfaces (vif/0, vif/1, ...).
+        #[arg(long, value_name = "switch:NAME")]
+        net: Vec<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
@@ -136,11 +142,20 @@ fn main() -> ExitCode {
         cmdline,
         disk,
         ata_disk,
+        net,
         stats,
     } = cli.command;
     let specs = match (guest, config) {
         (_, Some(file)) => config::load(&file),
-        (Some(guest), None) => single(guest, &mem, &vcpus, cmdline, &disk, ata_disk.as_deref()),
+        (Some(guest), None) => single(
+            guest,
+            &mem,
+            &vcpus,
+            cmdline,
+            &disk,
+            ata_disk.as_deref(),
+            &net,
+        ),
         (None, None) => Err(HvError::BadArgument(
             "give a guest image or --config".into(),
         )),
@@ -161,7 +176,9 @@ fn single(
     cmdline: String,
     disks: &[String],
     ata_disk: Option<&str>,
+    nets: &[String],
 ) -> Result<Vec<DomainSpec>, HvError> {
+    let nets = config::parse_nets(nets)?;
     let disks = disks
         .iter()
         .map(|d| config::parse_disk(d))
@@ -182,6 +199,7 @@ fn single(
         cmdline,
         disks,
         ata_disk,
+        nets,
     }])
 }
 
@@ -276,6 +294,17 @@ fn run(
             cmdline: spec.cmdline.clone(),
             disks,
             ata_disk,
+            nets: spec
+                .nets
+                .iter()
+                .enumerate()
+                .map(|(n, net)| match net {
+                    NetSpec::Switch(name) => NetDevice {
+                        n: n as u32,
+                        switch: name.clone(),
+                    },
+                })
+                .collect(),
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,
@@ -335,4 +364,60 @@ fn run(
         });
     }
     Ok(worst.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Vec<DomainSpec>, HvError> {
+        let cli = Cli::try_parse_from(args).map_err(|e| HvError::BadArgument(e.to_string()))?;
+        let Command::Run {
+            guest,
+            mem,
+            vcpus,
+            cmdline,
+            disk,
+            ata_disk,
+            net,
+            ..
+        } = cli.command;
+        let guest = guest.ok_or_else(|| HvError::BadArgument("no guest".into()))?;
+        single(
+            guest,
+            &mem,
+            &vcpus,
+            cmdline,
+            &disk,
+            ata_disk.as_deref(),
+            &net,
+        )
+    }
+
+    #[test]
+    fn net_flags() {
+        let specs = parse(&["hv", "run", "g.elf"]).unwrap();
+        assert!(specs[0].nets.is_empty());
+        let specs = parse(&[
+            "hv",
+            "run",
+            "g.elf",
+            "--net",
+            "switch:lan",
+            "--net",
+            "switch:wan",
+        ])
+        .unwrap();
+        assert_eq!(
+            specs[0].nets,
+            vec![NetSpec::Switch("lan".into()), NetSpec::Switch("wan".into())]
+        );
+        let tap = parse(&["hv", "run", "g.elf", "--net", "tap:tap0"]).unwrap_err();
+        assert_eq!(
+            tap.to_string(),
+            "invalid argument: tap backends are not supported yet"
+        );
+        assert!(parse(&["hv", "run", "g.elf", "--net", "switch:"]).is_err());
+        assert!(parse(&["hv", "run", "g.elf", "--net"]).is_err());
+    }
 }

@@ -1,4 +1,5 @@
-//! The domains of one `hv` process, and the state they share: the grant book and the store.
+//! The domains of one `hv` process, and the state they share: the grant book, the store and
+//! the network switches.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -7,6 +8,7 @@ use hypercall_abi::{DomId, Errno};
 
 use crate::domain::Domain;
 use crate::grant::GrantBook;
+use crate::netback::Switches;
 use crate::store_service::StoreHub;
 
 /// Every live domain, by id.
@@ -15,6 +17,7 @@ pub struct Registry {
     domains: RwLock<BTreeMap<DomId, Arc<Domain>>>,
     grants: Mutex<GrantBook>,
     store: Mutex<StoreHub>,
+    switches: Switches,
 }
 
 impl Registry {
@@ -76,6 +79,11 @@ impl Registry {
                 "another domain failed to start".into(),
             ));
         }
+    }
+
+    /// The named network switches connecting the domains' vifs.
+    pub fn switches(&self) -> &Switches {
+        &self.switches
     }
 
     /// The grant book (one lock for all grant operations).

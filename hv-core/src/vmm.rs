@@ -43,6 +43,8 @@ pub struct DomainConfig {
     pub cmdline: String,
     /// Disks served to the domain by the hv's block backend.
     pub disks: Vec<crate::blkback::DiskDevice>,
+    /// Network interfaces served to the domain by the hv's net backend.
+    pub nets: Vec<crate::netback::NetDevice>,
     /// An emulated ATA disk (full virtualization, for comparison).
     pub ata_disk: Option<crate::devices::AtaDisk>,
 }
@@ -277,6 +279,12 @@ pub fn start_domain(
         backends.push(
             crate::blkback::start(Arc::clone(&domain), Arc::clone(registry), dev)
                 .map_err(|e| internal("starting a block backend")(e.to_string()))?,
+        );
+    }
+    for dev in cfg.nets {
+        backends.push(
+            crate::netback::start(Arc::clone(&domain), Arc::clone(registry), dev)
+                .map_err(|e| internal("starting a net backend")(e.to_string()))?,
         );
     }
 
