@@ -36,6 +36,7 @@ const GUESTS: &[&str] = &[
     "blkbench",
     "blkconformance",
     "isolation",
+    "netdemo",
 ];
 
 const USAGE: &str = "\

@@ -7,9 +7,12 @@
 //! - [`device`]: the store side every frontend shares: finding device `<class>/<n>`, reading
 //!   the backend's keys, publishing ours, waiting for the backend's state.
 //! - [`blk`]: the block frontend ([`blk::BlockDevice`]), for [`hypercall_abi::io::blk`].
+//! - [`net`]: the network frontend ([`net::NetDevice`], also a smoltcp `phy::Device`), for
+//!   [`hypercall_abi::io::net`].
 //!
 //! Call them from ordinary guest code (`main` and what it calls), never from an event handler:
 //! they wait for the store and for the backend.
 
 pub mod blk;
 pub mod device;
+pub mod net;

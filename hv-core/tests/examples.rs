@@ -1,7 +1,8 @@
-//! Runs the two-domain guests under `hv run --config`: the isolation test
+//! Runs the example configs under `hv run --config`: the isolation test
 //! (`examples/isolation.toml`: an attacker domain tries to reach a victim's memory through every
-//! hypercall that takes an address or a grant) and the conformance suite with its peer domain
-//! (`examples/conformance.toml`).
+//! hypercall that takes an address or a grant), the conformance suite with its peer domain
+//! (`examples/conformance.toml`), and two guests talking TCP/IP over an in-hv switch
+//! (`examples/netdemo.toml`).
 //!
 //! Guests come from `HV_GUEST_DIR` (set by `cargo xtask test`), or
 //! `target/x86_64-unknown-none/release`; each example's kernel paths are rewritten to that
@@ -174,4 +175,27 @@ fn conformance_suite_passes_with_its_peer_domain() {
         "the peer was told `done`"
     );
     assert_eq!(r.code, 0);
+}
+
+#[test]
+fn two_guests_ping_and_talk_tcp_over_the_switch() {
+    let Some(file) = config("netdemo.toml", "netdemo") else {
+        return;
+    };
+    let r = hv_config(&file);
+    assert_eq!(r.code, 0, "both domains power off with 0");
+    let client = |needle: &str| {
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("[client] ") && l.contains(needle))
+    };
+    assert!(
+        client("netdemo: ping 10.0.0.1: seq 1: reply in"),
+        "ICMP echo answered"
+    );
+    assert!(
+        client("netdemo: fetched") && client("HTTP/1.0 200 OK"),
+        "HTTP over TCP"
+    );
+    assert!(client("netdemo: echo ok"), "TCP echo");
 }
