@@ -13,11 +13,12 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use hypercall_abi::evtchn::Port;
-use hypercall_abi::store::{Access, DeviceState, Perms, Request, Value};
+use hypercall_abi::store::{self as st, Access, DeviceState, Perms, Request, Value};
 use hypercall_abi::{Errno, DOMID_HV, PAGE_SIZE};
 use pv_drivers::backend::{GrantHost, GrantedPage};
 
-use crate::domain::Domain;
+use crate::domain::{Domain, Signal};
+use crate::evtchn::Backend;
 use crate::registry::Registry;
 use crate::store::{OwnedValue, ResponseBuf};
 
@@ -128,14 +129,76 @@ pub(crate) fn read_state(reg: &Registry, path: &str) -> Option<DeviceState> {
 /// Creates a device's two directories as the toolstack: the frontend directory `front`, owned
 /// by `dom`, and the backend directory `back`, owned by the hv and readable by `dom`.
 pub(crate) fn make_device_dirs(reg: &Registry, dom: &Domain, front: &str, back: &str) {
-    let mut store = reg.store();
-    let _ = store.hv_request(&Request::Mkdir { path: front });
-    let _ = store.hv_request(&Request::SetPerms {
-        path: front,
-        perms: Perms::owned_by(dom.id),
-    });
-    let _ = store.hv_request(&Request::Mkdir { path: back });
-    let mut perms = Perms::owned_by(DOMID_HV);
-    let _ = perms.grant(dom.id, Access::Read);
-    let _ = store.hv_request(&Request::SetPerms { path: back, perms });
+    {
+        let mut store = reg.store();
+        let _ = store.hv_request(&Request::Mkdir { path: front });
+        let _ = store.hv_request(&Request::SetPerms {
+            path: front,
+            perms: Perms::owned_by(dom.id),
+        });
+        let _ = store.hv_request(&Request::Mkdir { path: back });
+        let mut perms = Perms::owned_by(DOMID_HV);
+        let _ = perms.grant(dom.id, Access::Read);
+        let _ = store.hv_request(&Request::SetPerms { path: back, perms });
+    }
+    // The keys that link the two directories, and the frontend's initial state.
+    let k = |dir: &str, key: &str| format!("{dir}/{key}");
+    store_write(reg, &k(front, st::key::BACKEND), Value::Str(back));
+    store_write(
+        reg,
+        &k(front, st::key::BACKEND_ID),
+        Value::U64(DOMID_HV as u64),
+    );
+    store_write(
+        reg,
+        &k(front, st::key::STATE),
+        Value::State(DeviceState::Initialising),
+    );
+    store_write(reg, &k(back, st::key::FRONTEND), Value::Str(front));
+    store_write(
+        reg,
+        &k(back, st::key::FRONTEND_ID),
+        Value::U64(dom.id as u64),
+    );
+}
+
+/// What a device backend thread starts from: its wake-up signal and the two directories.
+pub(crate) struct DeviceSetup {
+    /// Raised by the frontend's notifications, store changes of its state, and shutdown.
+    pub signal: Arc<Signal>,
+    /// The frontend directory.
+    pub front: String,
+    /// The backend directory.
+    pub back: String,
+}
+
+/// Sets up device `class`/`n` of `dom` served by `backend`: registers the backend's signal,
+/// creates both directories as the toolstack, lets `publish` write the backend's own keys, and
+/// watches the frontend's state.
+pub(crate) fn setup_device(
+    dom: &Domain,
+    reg: &Registry,
+    backend: Backend,
+    class: &str,
+    n: u32,
+    publish: impl FnOnce(&str, &str),
+) -> std::io::Result<DeviceSetup> {
+    let (Ok(front), Ok(back)) = (
+        st::frontend_dir(dom.id, class, n),
+        st::backend_dir(DOMID_HV, dom.id, class, n),
+    ) else {
+        return Err(std::io::Error::other("device path too long"));
+    };
+    let (front, back) = (front.to_string(), back.to_string());
+    let signal = Arc::new(Signal::default());
+    dom.add_backend_signal(backend, Arc::clone(&signal));
+    make_device_dirs(reg, dom, &front, &back);
+    publish(&front, &back);
+    reg.store()
+        .hv_watch(&format!("{front}/{}", st::key::STATE), Arc::clone(&signal));
+    Ok(DeviceSetup {
+        signal,
+        front,
+        back,
+    })
 }

@@ -9,10 +9,12 @@ use std::thread;
 use hypercall_abi::evtchn::Port;
 use hypercall_abi::io::blk;
 use hypercall_abi::store::{self as st, DeviceState, Value};
-use hypercall_abi::{DOMID_HV, PAGE_SIZE};
+use hypercall_abi::PAGE_SIZE;
 use pv_drivers::backend::{BlkBackend, BlkFeatures, BlkRing, Disk};
 
-use crate::backend_host::{make_device_dirs, read_state, read_u64, store_write, Hold, HvHost};
+use crate::backend_host::{
+    read_state, read_u64, setup_device, store_write, DeviceSetup, Hold, HvHost,
+};
 use crate::domain::{Domain, Signal};
 use crate::evtchn::Backend;
 use crate::registry::Registry;
@@ -33,49 +35,31 @@ pub fn start(
     reg: Arc<Registry>,
     dev: DiskDevice,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    let signal = Arc::new(Signal::default());
-    dom.add_backend_signal(Backend::Block(dev.n), Arc::clone(&signal));
-    let (Ok(front), Ok(back)) = (
-        st::frontend_dir(dom.id, "vbd", dev.n),
-        st::backend_dir(DOMID_HV, dom.id, "vbd", dev.n),
-    ) else {
-        return Err(std::io::Error::other("device path too long"));
-    };
-    let (front, back) = (front.to_string(), back.to_string());
-    publish(&reg, &dom, &dev, &front, &back);
-    reg.store()
-        .hv_watch(&format!("{front}/state"), Arc::clone(&signal));
+    let DeviceSetup {
+        signal,
+        front,
+        back,
+    } = setup_device(
+        &dom,
+        &reg,
+        Backend::Block(dev.n),
+        "vbd",
+        dev.n,
+        |_, back| publish(&reg, &dev, back),
+    )?;
     thread::Builder::new()
         .name(format!("{}-vbd{}", dom.name, dev.n))
         .spawn(move || serve(dom, reg, dev, signal, front, back))
 }
 
-/// Creates both device directories (as the toolstack) and the backend's feature keys.
-fn publish(reg: &Registry, dom: &Domain, dev: &DiskDevice, front: &str, back: &str) {
-    make_device_dirs(reg, dom, front, back);
+/// Writes the backend's feature keys and moves it to InitWait.
+fn publish(reg: &Registry, dev: &DiskDevice, back: &str) {
     let (ro, flush, discard) = (
         dev.read_only,
         true,
         !dev.read_only && dev.disk.supports_discard(),
     );
     let k = |dir: &str, key: &str| format!("{dir}/{key}");
-    store_write(reg, &k(front, st::key::BACKEND), Value::Str(back));
-    store_write(
-        reg,
-        &k(front, st::key::BACKEND_ID),
-        Value::U64(DOMID_HV as u64),
-    );
-    store_write(
-        reg,
-        &k(front, st::key::STATE),
-        Value::State(DeviceState::Initialising),
-    );
-    store_write(reg, &k(back, st::key::FRONTEND), Value::Str(front));
-    store_write(
-        reg,
-        &k(back, st::key::FRONTEND_ID),
-        Value::U64(dom.id as u64),
-    );
     store_write(
         reg,
         &k(back, blk::KEY_SECTORS),

@@ -18,11 +18,13 @@ use std::thread;
 
 use hypercall_abi::io::net;
 use hypercall_abi::store::{self as st, DeviceState, Value};
-use hypercall_abi::{DomId, DOMID_HV, PAGE_SIZE};
+use hypercall_abi::{DomId, PAGE_SIZE};
 use pv_drivers::backend::net::{NetBackend, NetError, NetRxRing, NetTxRing};
 use pv_drivers::backend::switch::{Mac, PortId, Switch, Verdict};
 
-use crate::backend_host::{make_device_dirs, read_state, read_u64, store_write, Hold, HvHost};
+use crate::backend_host::{
+    read_state, read_u64, setup_device, store_write, DeviceSetup, Hold, HvHost,
+};
 use crate::domain::{Domain, Signal};
 use crate::evtchn::Backend;
 use crate::registry::Registry;
@@ -189,45 +191,22 @@ pub fn start(
     reg: Arc<Registry>,
     dev: NetDevice,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    let signal = Arc::new(Signal::default());
-    dom.add_backend_signal(Backend::Net(dev.n), Arc::clone(&signal));
-    let (Ok(front), Ok(back)) = (
-        st::frontend_dir(dom.id, "vif", dev.n),
-        st::backend_dir(DOMID_HV, dom.id, "vif", dev.n),
-    ) else {
-        return Err(std::io::Error::other("device path too long"));
-    };
-    let (front, back) = (front.to_string(), back.to_string());
-    publish(&reg, &dom, &dev, &front, &back);
-    reg.store()
-        .hv_watch(&format!("{front}/{}", st::key::STATE), Arc::clone(&signal));
+    let DeviceSetup {
+        signal,
+        front,
+        back,
+    } = setup_device(&dom, &reg, Backend::Net(dev.n), "vif", dev.n, |_, back| {
+        publish(&reg, dom.id, &dev, back)
+    })?;
     thread::Builder::new()
         .name(format!("{}-vif{}", dom.name, dev.n))
         .spawn(move || serve(dom, reg, dev, signal, front, back))
 }
 
-/// Creates both device directories (as the toolstack) and the backend's keys.
-fn publish(reg: &Registry, dom: &Domain, dev: &NetDevice, front: &str, back: &str) {
-    make_device_dirs(reg, dom, front, back);
+/// Writes the backend's keys (MAC, MTU, features) and moves it to InitWait.
+fn publish(reg: &Registry, front_id: DomId, dev: &NetDevice, back: &str) {
     let k = |dir: &str, key: &str| format!("{dir}/{key}");
-    store_write(reg, &k(front, st::key::BACKEND), Value::Str(back));
-    store_write(
-        reg,
-        &k(front, st::key::BACKEND_ID),
-        Value::U64(DOMID_HV as u64),
-    );
-    store_write(
-        reg,
-        &k(front, st::key::STATE),
-        Value::State(DeviceState::Initialising),
-    );
-    store_write(reg, &k(back, st::key::FRONTEND), Value::Str(front));
-    store_write(
-        reg,
-        &k(back, st::key::FRONTEND_ID),
-        Value::U64(dom.id as u64),
-    );
-    let mac = mac_for(dom.id, dev.n);
+    let mac = mac_for(front_id, dev.n);
     store_write(reg, &k(back, net::KEY_MAC), Value::Bytes(&mac));
     store_write(
         reg,
