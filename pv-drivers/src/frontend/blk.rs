@@ -98,12 +98,12 @@ use guest_sdk::abi::io::blk::{
 use guest_sdk::abi::ring::{FrontRing, RingError, RingHeader};
 use guest_sdk::abi::store::{key, DeviceState};
 use guest_sdk::abi::{DomId, Errno, PAGE_SIZE};
-use guest_sdk::grant::{self, GrantRef};
-use guest_sdk::heap::Pages;
+use guest_sdk::grant;
 use guest_sdk::store::Value;
 use guest_sdk::{events, sched, time};
 
 use super::device::{DeviceError, FrontendDir};
+use super::granted::Granted;
 
 pub use guest_sdk::abi::io::blk::SECTOR_SIZE;
 
@@ -323,71 +323,6 @@ struct Slot {
     indirect: Option<u16>,
 }
 
-/// Pages granted to the backend, with their references. Ends the grants when dropped; pages
-/// whose grants cannot be ended (or that the backend may still use) are leaked, never freed.
-struct Granted {
-    pages: Option<Pages>,
-    grefs: Vec<GrantRef>,
-    leak: bool,
-}
-
-impl Granted {
-    const fn none() -> Granted {
-        Granted {
-            pages: None,
-            grefs: Vec::new(),
-            leak: false,
-        }
-    }
-
-    /// Allocates `count` pages (at least one) and grants each to `backend`.
-    fn new(count: u32, backend: DomId, readonly: bool) -> Result<Granted, BlkError> {
-        let pages = Pages::zeroed(count as usize)?;
-        let mut g = Granted {
-            pages: None,
-            grefs: Vec::with_capacity(count as usize),
-            leak: false,
-        };
-        for i in 0..pages.count() {
-            let gpa = pages.gpa() + (i * PAGE) as u64;
-            // SAFETY: the page belongs to `pages`, which `g` keeps (and frees only after every
-            // grant of it ended, or never); this module accesses it only through raw pointers
-            // (copies to and from it while no request naming it is in flight, volatile writes
-            // of indirect segments), never through references.
-            match unsafe { grant::grant_access(gpa, backend, readonly) } {
-                Ok(r) => g.grefs.push(r),
-                Err(e) => {
-                    g.pages = Some(pages);
-                    return Err(e.into());
-                }
-            }
-        }
-        g.pages = Some(pages);
-        Ok(g)
-    }
-
-    fn ptr(&self, i: usize) -> *mut u8 {
-        match &self.pages {
-            // i < count (callers index with their own page numbers).
-            Some(p) => p.as_ptr().wrapping_add(i * PAGE),
-            None => core::ptr::null_mut(),
-        }
-    }
-}
-
-impl Drop for Granted {
-    fn drop(&mut self) {
-        let mut all_ended = true;
-        for &r in &self.grefs {
-            all_ended &= grant::end_access(r).is_ok();
-        }
-        if (self.leak || !all_ended) && self.pages.is_some() {
-            // The backend may still touch them: never hand them back to the heap.
-            core::mem::forget(self.pages.take());
-        }
-    }
-}
-
 /// One completed request, handed to the callback of [`BlockDevice::complete`].
 pub struct Completion<'a> {
     id: ReqId,
@@ -577,9 +512,9 @@ impl BlockDevice {
         let avail = avail as usize;
         let ind = want_ind.min(avail / 8);
         let data = want_data.min(avail.saturating_sub(ind)).max(1);
-        let data_pool = Granted::new(data as u32, backend, false)?;
+        let data_pool = Granted::new(data, backend, false)?;
         let indirect = if ind > 0 {
-            Granted::new(ind as u32, backend, true)?
+            Granted::new(ind, backend, true)?
         } else {
             Granted::none()
         };

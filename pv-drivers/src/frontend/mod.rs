@@ -15,4 +15,5 @@
 
 pub mod blk;
 pub mod device;
+mod granted;
 pub mod net;

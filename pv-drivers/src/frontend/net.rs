@@ -57,12 +57,12 @@ use guest_sdk::abi::io::net::{
 use guest_sdk::abi::ring::{FrontRing, RingError};
 use guest_sdk::abi::store::DeviceState;
 use guest_sdk::abi::{DomId, Errno, PAGE_SIZE};
-use guest_sdk::grant::{self, GrantRef};
-use guest_sdk::heap::Pages;
+use guest_sdk::grant::GrantRef;
 use guest_sdk::store::{OwnedValue, Value};
 use guest_sdk::{events, sched, time};
 
 use super::device::{DeviceError, FrontendDir};
+use super::granted::Granted;
 
 /// The smoltcp crate this frontend implements `phy::Device` for (so guests use the same
 /// version without depending on it themselves).
@@ -265,61 +265,6 @@ impl RxAssembler {
         } else {
             self.complete = true;
             Fed::Frame(at + n)
-        }
-    }
-}
-
-/// Pages granted to the backend, with their references. Ends the grants when dropped; pages
-/// whose grants cannot be ended (or that the backend may still use) are leaked, never freed.
-struct Granted {
-    pages: Option<Pages>,
-    grefs: Vec<GrantRef>,
-    leak: bool,
-}
-
-impl Granted {
-    /// Allocates `count` pages (at least one) and grants each to `backend`.
-    fn new(count: usize, backend: DomId, readonly: bool) -> Result<Granted, NetError> {
-        let pages = Pages::zeroed(count)?;
-        let mut g = Granted {
-            pages: None,
-            grefs: Vec::with_capacity(count),
-            leak: false,
-        };
-        for i in 0..pages.count() {
-            let gpa = pages.gpa() + (i * PAGE) as u64;
-            // SAFETY: the page belongs to `pages`, which `g` keeps (and frees only after every
-            // grant of it ended, or never); this module accesses it only through raw-pointer
-            // copies (and the ring, for ring pages), never through references.
-            match unsafe { grant::grant_access(gpa, backend, readonly) } {
-                Ok(r) => g.grefs.push(r),
-                Err(e) => {
-                    g.pages = Some(pages);
-                    return Err(e.into());
-                }
-            }
-        }
-        g.pages = Some(pages);
-        Ok(g)
-    }
-
-    fn ptr(&self, i: usize) -> *mut u8 {
-        match &self.pages {
-            Some(p) if i < p.count() => p.as_ptr().wrapping_add(i * PAGE),
-            _ => core::ptr::null_mut(),
-        }
-    }
-}
-
-impl Drop for Granted {
-    fn drop(&mut self) {
-        let mut all_ended = true;
-        for &r in &self.grefs {
-            all_ended &= grant::end_access(r).is_ok();
-        }
-        if (self.leak || !all_ended) && self.pages.is_some() {
-            // The backend may still touch them: never hand them back to the heap.
-            core::mem::forget(self.pages.take());
         }
     }
 }
