@@ -167,33 +167,6 @@ fn hc(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     unsafe { guest_sdk::hypercall(nr, a1, a2, a3, a4, a5) }
 }
 
-fn evtchn_op(cmd: u64, a1: u64, a2: u64) -> i64 {
-    hc(nr::EVTCHN_OP, cmd, a1, a2, 0, 0)
-}
-
-fn sched_op(cmd: u64, a1: u64, a2: u64) -> i64 {
-    hc(nr::SCHED_OP, cmd, a1, a2, 0, 0)
-}
-
-fn vcpu_op(cmd: u64, vcpu: u64, gpa: u64) -> i64 {
-    hc(nr::VCPU_OP, cmd, vcpu, gpa, 0, 0)
-}
-
-fn console_write(gpa: u64, len: u64) -> i64 {
-    hc(nr::CONSOLE_WRITE, gpa, len, 0, 0, 0)
-}
-
-fn set_trap_table(table: &[TrapInfo]) -> i64 {
-    hc(
-        nr::SET_TRAP_TABLE,
-        table.as_ptr() as u64,
-        table.len() as u64,
-        0,
-        0,
-        0,
-    )
-}
-
 fn poll(rec: &SchedPoll) -> i64 {
     sched_op(sched::POLL, rec as *const SchedPoll as u64, 0)
 }
@@ -219,21 +192,6 @@ fn describe(rax: i64) -> String {
         Err(Some(e)) => String::from(e.name()),
         Err(None) => format!("unknown errno {rax}"),
     }
-}
-
-fn expect_raw(expect: Expect, rax: i64) -> Check {
-    let ok = match expect {
-        Expect::Err(e) => rax == e.to_raw(),
-        Expect::Ok(v) => rax >= 0 && rax as u64 == v,
-    };
-    if ok {
-        return Ok(String::new());
-    }
-    let want = match expect {
-        Expect::Err(e) => String::from(e.name()),
-        Expect::Ok(v) => format!("{v}"),
-    };
-    Err(format!("expected {want}, got {}", describe(rax)))
 }
 
 /// Runs a raw hypercall inside a check and requires `expect`.
@@ -841,8 +799,6 @@ static BASE_CASES: &[Case] = &[
 // only (raw hypercalls, the shared-info page, the store ring), not against SDK wrappers.
 // ---------------------------------------------------------------------------------------------
 
-const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_SEC: u64 = 1_000_000_000;
 /// How long a store request may take before the client gives up.
 const STORE_TIMEOUT_NS: u64 = 2 * NS_PER_SEC;
 /// How long the main domain looks for the peer's name in `/local/domain`.
@@ -858,16 +814,6 @@ const NO_SUCH_DOMID: u64 = 999;
 /// The domain the peer grants page C to: a valid id that is neither of the suite's domains.
 const OTHER_DOMID: u16 = 0x7fef;
 
-fn now() -> u64 {
-    guest_sdk::time::monotonic_ns()
-}
-
-fn arg<'a>(si: &'a StartInfo, key: &str) -> Option<&'a str> {
-    si.cmdline()
-        .split_whitespace()
-        .find_map(|w| w.split_once('=').and_then(|(k, v)| (k == key).then_some(v)))
-}
-
 /// The pending word of `port` in the shared-info page.
 fn pending_word(port: Port) -> &'static AtomicU64 {
     let si = guest_sdk::start_info().expect("runtime started");
@@ -879,22 +825,6 @@ fn pending_word(port: Port) -> &'static AtomicU64 {
 
 fn is_pending(port: Port) -> bool {
     pending_word(port).load(Ordering::SeqCst) & (1 << (port % 64)) != 0
-}
-
-fn clear_pending(port: Port) {
-    pending_word(port).fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
-}
-
-fn grant_op(cmd: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
-    hc(nr::GRANT_OP, cmd, a1, a2, a3, a4)
-}
-
-fn map(domid: u64, gref: u64, gpa: u64, flags: u64) -> i64 {
-    grant_op(gt::MAP, domid, gref, gpa, flags)
-}
-
-fn unmap(gpa: u64) -> i64 {
-    grant_op(gt::UNMAP, gpa, 0, 0, 0)
 }
 
 /// The address of page `slot` of our grant window.
@@ -918,39 +848,6 @@ const MAGIC_OFF: u64 = 256;
 
 /// A `GrantCopy` status the hv never writes: an element left with it was not processed.
 const STATUS_UNSET: i64 = 0x5a5a;
-
-fn own(addr: u64) -> CopyPtr {
-    CopyPtr {
-        addr,
-        gref: 0,
-        domid: 0,
-        pad: 0,
-    }
-}
-
-fn gptr(domid: u16, gref: u64, offset: u64) -> CopyPtr {
-    CopyPtr {
-        addr: offset,
-        gref: gref as u32,
-        domid,
-        pad: 0,
-    }
-}
-
-fn gcopy(src: CopyPtr, dst: CopyPtr, len: u32, flags: u16) -> GrantCopy {
-    GrantCopy {
-        src,
-        dst,
-        len,
-        flags,
-        pad: 0,
-        status: STATUS_UNSET,
-    }
-}
-
-fn run_copy(ops: &mut [GrantCopy]) -> i64 {
-    grant_op(gt::COPY, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
-}
 
 /// Runs one copy operation (the call must return 0) and checks its status.
 fn copy_status(op: GrantCopy, want: Expect) -> Check {
@@ -983,6 +880,10 @@ fn run_multicall(batch: &mut [MulticallEntry]) -> i64 {
 
 // ---- the page-fault probe ----
 
+#[path = "../shared/raw_abi.rs"]
+mod raw_abi;
+use raw_abi::*;
+
 #[path = "../shared/pf_probe.rs"]
 mod pf_probe;
 use pf_probe::*;
@@ -992,34 +893,6 @@ use pf_probe::*;
 #[path = "../shared/raw_store.rs"]
 mod raw_store;
 use raw_store::*;
-
-/// Requires a non-error reply.
-fn want_ok(what: &str, r: Result<Reply, String>) -> Result<Reply, String> {
-    match r? {
-        Reply::Error(e) => Err(format!("{what}: expected success, got {e}")),
-        other => Ok(other),
-    }
-}
-
-/// Requires `Error(want)`.
-fn want_store_err(what: &str, r: Result<Reply, String>, want: StoreError) -> Check {
-    match r? {
-        Reply::Error(e) if e == want => Ok(String::new()),
-        other => Err(format!(
-            "{what}: expected {want}, got {}",
-            describe_reply(&other)
-        )),
-    }
-}
-
-/// Perms owned by `owner`, no access for others, `acl` added.
-fn perms(owner: u16, acl: &[(u16, Access)]) -> Perms {
-    let mut p = Perms::owned_by(owner);
-    for &(d, a) in acl {
-        let _ = p.grant(d, a);
-    }
-    p
-}
 
 /// Runs `f` with the store client, or fails the case if there is none.
 fn with_store<T>(c: &Ctx, f: impl FnOnce(&mut Store) -> Result<T, String>) -> Result<T, String> {
@@ -1094,12 +967,6 @@ fn peer_cmd(c: &Ctx, p: &Peer, op: u32, arg: u64) -> Result<i64, String> {
 struct PeerPages([[u8; PAGE_SIZE as usize]; 5]);
 static mut PEER_PAGES: PeerPages = PeerPages([[0; PAGE_SIZE as usize]; 5]);
 
-const EMPTY_ENTRY: GrantEntry = GrantEntry {
-    flags: 0,
-    domid: 0,
-    reserved: 0,
-    frame: 0,
-};
 #[repr(C, align(4096))]
 struct PeerTable([GrantEntry; 16]);
 static mut PEER_TABLE: PeerTable = PeerTable([EMPTY_ENTRY; 16]);

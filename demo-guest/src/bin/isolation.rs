@@ -73,33 +73,6 @@ fn hc(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     unsafe { guest_sdk::hypercall(nr, a1, a2, a3, a4, a5) }
 }
 
-fn evtchn_op(cmd: u64, a1: u64, a2: u64) -> i64 {
-    hc(nr::EVTCHN_OP, cmd, a1, a2, 0, 0)
-}
-
-fn sched_op(cmd: u64, a1: u64, a2: u64) -> i64 {
-    hc(nr::SCHED_OP, cmd, a1, a2, 0, 0)
-}
-
-fn vcpu_op(cmd: u64, vcpu: u64, gpa: u64) -> i64 {
-    hc(nr::VCPU_OP, cmd, vcpu, gpa, 0, 0)
-}
-
-fn console_write(gpa: u64, len: u64) -> i64 {
-    hc(nr::CONSOLE_WRITE, gpa, len, 0, 0, 0)
-}
-
-fn set_trap_table(table: &[TrapInfo]) -> i64 {
-    hc(
-        nr::SET_TRAP_TABLE,
-        table.as_ptr() as u64,
-        table.len() as u64,
-        0,
-        0,
-        0,
-    )
-}
-
 fn poll_ports(ports: &[Port], deadline_ns: u64) -> i64 {
     let rec = SchedPoll {
         ports_gpa: ports.as_ptr() as u64,
@@ -118,21 +91,6 @@ fn describe(rax: i64) -> String {
     }
 }
 
-fn expect_raw(expect: Expect, rax: i64) -> Check {
-    let ok = match expect {
-        Expect::Err(e) => rax == e.to_raw(),
-        Expect::Ok(v) => rax >= 0 && rax as u64 == v,
-    };
-    if ok {
-        return Ok(String::new());
-    }
-    let want = match expect {
-        Expect::Err(e) => String::from(e.name()),
-        Expect::Ok(v) => format!("{v}"),
-    };
-    Err(format!("expected {want}, got {}", describe(rax)))
-}
-
 fn require(what: &str, expect: Expect, rax: i64) -> Result<u64, String> {
     expect_raw(expect, rax).map_err(|e| format!("{what}: {e}"))?;
     Ok(rax as u64)
@@ -145,19 +103,7 @@ fn require_ok(what: &str, rax: i64) -> Result<u64, String> {
     Ok(rax as u64)
 }
 
-const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_SEC: u64 = 1_000_000_000;
 const STORE_TIMEOUT_NS: u64 = 2 * NS_PER_SEC;
-
-fn now() -> u64 {
-    guest_sdk::time::monotonic_ns()
-}
-
-fn arg<'a>(si: &'a StartInfo, key: &str) -> Option<&'a str> {
-    si.cmdline()
-        .split_whitespace()
-        .find_map(|w| w.split_once('=').and_then(|(k, v)| (k == key).then_some(v)))
-}
 
 fn pending_word(port: Port) -> &'static AtomicU64 {
     let si = guest_sdk::start_info().expect("runtime started");
@@ -167,61 +113,12 @@ fn pending_word(port: Port) -> &'static AtomicU64 {
     unsafe { &*(gpa as *const AtomicU64) }
 }
 
-fn clear_pending(port: Port) {
-    pending_word(port).fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
-}
-
-fn grant_op(cmd: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
-    hc(nr::GRANT_OP, cmd, a1, a2, a3, a4)
-}
-
-fn map(domid: u64, gref: u64, gpa: u64, flags: u64) -> i64 {
-    grant_op(gt::MAP, domid, gref, gpa, flags)
-}
-
-fn unmap(gpa: u64) -> i64 {
-    grant_op(gt::UNMAP, gpa, 0, 0, 0)
-}
-
 /// The byte at offset `i` of a page filled with pattern `tag`.
 fn pat(tag: u8, i: usize) -> u8 {
     ((i as u8).wrapping_mul(31)).wrapping_add((i >> 8) as u8) ^ tag
 }
 
 const STATUS_UNSET: i64 = 0x5a5a;
-
-fn own(addr: u64) -> CopyPtr {
-    CopyPtr {
-        addr,
-        gref: 0,
-        domid: 0,
-        pad: 0,
-    }
-}
-
-fn gptr(domid: u16, gref: u64, offset: u64) -> CopyPtr {
-    CopyPtr {
-        addr: offset,
-        gref: gref as u32,
-        domid,
-        pad: 0,
-    }
-}
-
-fn gcopy(src: CopyPtr, dst: CopyPtr, len: u32, flags: u16) -> GrantCopy {
-    GrantCopy {
-        src,
-        dst,
-        len,
-        flags,
-        pad: 0,
-        status: STATUS_UNSET,
-    }
-}
-
-fn run_copy(ops: &mut [GrantCopy]) -> i64 {
-    grant_op(gt::COPY, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
-}
 
 fn copy_status(op: GrantCopy, want: Expect) -> Check {
     let mut ops = [op];
@@ -230,6 +127,10 @@ fn copy_status(op: GrantCopy, want: Expect) -> Check {
 }
 
 // ---- the page-fault probe ----
+
+#[path = "../shared/raw_abi.rs"]
+mod raw_abi;
+use raw_abi::*;
 
 #[path = "../shared/pf_probe.rs"]
 mod pf_probe;
@@ -240,34 +141,6 @@ use pf_probe::*;
 #[path = "../shared/raw_store.rs"]
 mod raw_store;
 use raw_store::*;
-
-/// Requires a non-error reply.
-fn want_ok(what: &str, r: Result<Reply, String>) -> Result<Reply, String> {
-    match r? {
-        Reply::Error(e) => Err(format!("{what}: expected success, got {e}")),
-        other => Ok(other),
-    }
-}
-
-/// Requires `Error(want)`.
-fn want_store_err(what: &str, r: Result<Reply, String>, want: StoreError) -> Check {
-    match r? {
-        Reply::Error(e) if e == want => Ok(String::new()),
-        other => Err(format!(
-            "{what}: expected {want}, got {}",
-            describe_reply(&other)
-        )),
-    }
-}
-
-/// Perms owned by `owner`, no access for others, `acl` added.
-fn perms(owner: u16, acl: &[(u16, Access)]) -> Perms {
-    let mut p = Perms::owned_by(owner);
-    for &(d, a) in acl {
-        let _ = p.grant(d, a);
-    }
-    p
-}
 
 // ---------------------------------------------------------------------------------------------
 // The victim.
@@ -295,12 +168,6 @@ const V_TABLE_SIZE: u64 = 16;
 struct VictimPages([[u8; PAGE_SIZE as usize]; 2 + SECRET_PAGES]);
 static mut VICTIM_PAGES: VictimPages = VictimPages([[0; PAGE_SIZE as usize]; 2 + SECRET_PAGES]);
 
-const EMPTY_ENTRY: GrantEntry = GrantEntry {
-    flags: 0,
-    domid: 0,
-    reserved: 0,
-    frame: 0,
-};
 #[repr(C, align(4096))]
 struct VictimTable([GrantEntry; V_TABLE_SIZE as usize]);
 static mut VICTIM_TABLE: VictimTable = VictimTable([EMPTY_ENTRY; V_TABLE_SIZE as usize]);
