@@ -79,25 +79,11 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 
 /// Runs `hv run GUEST ARGS` to its end (killing it after [`TIMEOUT`]).
 fn run(guest: &Path, args: &[String]) -> Run {
-    let mut child = spawn(guest, args);
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for hv") {
-            break Some(s);
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let f = support::finish(spawn(guest, args), TIMEOUT);
     let r = Run {
-        code: status.and_then(|s| s.code()).unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        code: f.code,
+        stdout: f.stdout,
+        stderr: f.stderr,
     };
     eprintln!(
         "hv run {} {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
@@ -106,7 +92,7 @@ fn run(guest: &Path, args: &[String]) -> Run {
         r.stdout,
         r.stderr
     );
-    assert!(status.is_some(), "hv did not finish within {TIMEOUT:?}");
+    assert!(f.finished, "hv did not finish within {TIMEOUT:?}");
     r
 }
 

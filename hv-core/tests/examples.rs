@@ -9,10 +9,9 @@
 //! directory in a copy of the config. Without KVM or the guests the tests skip (saying so),
 //! unless `HV_REQUIRE_KVM=1`, which turns a skip into a failure.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
 use support::{kvm_ok, skip};
@@ -66,7 +65,7 @@ struct Run {
 
 /// Runs `hv run --config FILE`, killing it after `TIMEOUT`.
 fn hv_config(file: &Path) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hv"))
         .arg("run")
         .arg("--config")
         .arg(file)
@@ -74,40 +73,18 @@ fn hv_config(file: &Path) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run hv");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for hv") {
-            break Some(s);
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let f = support::finish(child, TIMEOUT);
+    let (stdout, stderr) = (f.stdout, f.stderr);
+    let status = f.finished.then_some(f.code);
     eprintln!(
         "hv run --config {} -> {status:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
         file.display()
     );
     let _ = std::fs::remove_file(file);
-    let Some(status) = status else {
+    let Some(code) = status else {
         panic!("hv did not finish within {} s (killed)", TIMEOUT.as_secs());
     };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout,
-    }
+    Run { code, stdout }
 }
 
 /// The domain's last `N passed, M failed` line, as (N, M).

@@ -4,10 +4,8 @@
 //! `cargo xtask test`), or `target/x86_64-unknown-none/release`. Without KVM or guests the
 //! tests skip, unless `HV_REQUIRE_KVM=1`, which turns a skip into a failure.
 
-use std::io::Read;
-
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
 use support::{kvm_ok, skip};
@@ -41,37 +39,17 @@ fn pingpong(test: &str, ping_args: &str) -> Option<Run> {
     let file = tmp.join("pingpong.toml");
     std::fs::write(&file, config).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hv"))
         .args(["run", "--config", file.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run hv");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for hv") {
-            break Some(s);
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let f = support::finish(child, TIMEOUT);
     let r = Run {
-        code: status.and_then(|s| s.code()).unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        code: f.code,
+        stdout: f.stdout,
+        stderr: f.stderr,
     };
     let _ = std::fs::remove_dir_all(&tmp);
     eprintln!(
@@ -79,7 +57,7 @@ fn pingpong(test: &str, ping_args: &str) -> Option<Run> {
         r.code, r.stdout, r.stderr
     );
     assert!(
-        status.is_some(),
+        f.finished,
         "hv did not finish within {TIMEOUT:?} (ping: {ping_args})"
     );
     Some(r)

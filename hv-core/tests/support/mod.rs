@@ -41,3 +41,59 @@ pub fn kvm_ok() -> bool {
         !skip("/dev/kvm is not usable")
     }
 }
+
+/// What a finished (or killed) `hv` printed.
+pub struct Finished {
+    /// Exit code (-1 if killed or ended by a signal).
+    pub code: i32,
+    /// Whether it finished before the timeout (else it was killed).
+    pub finished: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Collects `child`'s piped stdout and stderr and waits for it, killing it after `timeout`.
+pub fn finish(mut child: std::process::Child, timeout: std::time::Duration) -> Finished {
+    use std::io::Read;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut s);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for hv") {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Finished {
+        code: status.and_then(|s| s.code()).unwrap_or(-1),
+        finished: status.is_some(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
