@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use super::report::{bar_chart, domain_exits, fmt_f, print_table, Bar};
 use super::{guest_path, hv_command, target_dir, Result};
 
 /// Size of `target/demo-disk.img`.
@@ -217,13 +218,9 @@ impl GuestRun {
     }
 }
 
-/// The total exits of `hv --stats`'s `stats for domain NAME: N exits` line.
+/// The total exits of the (one) domain of an `hv --stats` run.
 fn parse_exits(stderr: &str) -> Option<u64> {
-    stderr.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("stats for domain ")?;
-        let (_, n) = rest.split_once(": ")?;
-        n.strip_suffix(" exits")?.trim().parse().ok()
-    })
+    domain_exits(stderr).into_values().next()
 }
 
 /// The `k=v` values of the line `blkbench WORKLOAD PATH k=v ...`.
@@ -533,18 +530,6 @@ fn find<'a>(samples: &'a [Sample], path: &str, workload: &str) -> Option<&'a Sam
         .find(|s| s.path == path && s.workload == workload)
 }
 
-fn fmt_f(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 0.1 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
 fn print_results(samples: &[Sample], baselines: &[(&str, GuestRun)]) {
     println!(
         "block benchmark: blkbench under `hv --stats`, {} MiB images; host rows read the same file \
@@ -576,7 +561,7 @@ fn print_results(samples: &[Sample], baselines: &[(&str, GuestRun)]) {
             s.note.clone(),
         ]);
     }
-    table(&header, &rows);
+    print_table(&header, &rows, &[0, 1, header.len() - 1]);
     let base: Vec<String> = baselines
         .iter()
         .map(|(p, b)| format!("{p} {} exits, {:.1} ms CPU", b.exits, b.cpu_ns as f64 / 1e6))
@@ -609,50 +594,6 @@ fn print_results(samples: &[Sample], baselines: &[(&str, GuestRun)]) {
             "  ATA exits per 4 KiB request (QD1, its only depth): {e:.1} (expected >= 8): {}",
             if e >= 8.0 { "met" } else { "MISSED" }
         );
-    }
-}
-
-/// Prints a markdown table; every column but the first two right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, &w))| {
-                if i < 2 || i == cells.len() - 1 {
-                    format!("{c:w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            if i < 2 || i == widths.len() - 1 {
-                "-".repeat(w + 2)
-            } else {
-                format!("{}:", "-".repeat(w + 1))
-            }
-        })
-        .collect();
-    println!("|{}|", rule.join("|"));
-    for r in rows {
-        line(r.clone());
     }
 }
 
@@ -692,89 +633,22 @@ fn colour(path: &str) -> &'static str {
     }
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// A horizontal bar chart of MB/s per row, on a log scale (the paths differ by 10^6).
 fn to_svg(samples: &[Sample]) -> String {
-    let rows: Vec<&Sample> = samples.iter().filter(|s| s.ns > 0).collect();
-    let (left, right, top, row_h) = (230.0, 130.0, 60.0, 22.0);
-    let plot_w = 560.0;
-    let width = left + plot_w + right;
-    let height = top + row_h * rows.len() as f64 + 50.0;
-    // Decades from 10^lo to 10^hi MB/s.
-    let vals: Vec<f64> = rows.iter().map(|s| s.mb_per_s().max(1e-4)).collect();
-    let lo = vals
+    let bars: Vec<Bar> = samples
         .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min)
-        .log10()
-        .floor();
-    let hi = vals
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max)
-        .log10()
-        .ceil()
-        .max(lo + 1.0);
-    let x = |v: f64| left + (v.max(1e-4).log10() - lo) / (hi - lo) * plot_w;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">Block and console throughput, MB/s (log scale): PV vs emulated vs host</text>"#,
-        width / 2.0
-    );
-    let bottom = top + row_h * rows.len() as f64;
-    let mut d = lo;
-    while d <= hi {
-        let xd = x(10f64.powf(d));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xd:.1}" y1="{}" x2="{xd:.1}" y2="{bottom}" stroke="#ddd"/><text x="{xd:.1}" y="{}" text-anchor="middle" fill="#444">{}</text>"##,
-            top - 8.0,
-            bottom + 16.0,
-            if d < 0.0 {
-                format!("{:.*}", (-d) as usize, 10f64.powf(d))
-            } else {
-                format!("{:.0}", 10f64.powf(d))
-            }
-        );
-        d += 1.0;
-    }
-    for (i, r) in rows.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let v = r.mb_per_s();
-        let w = (x(v) - left).max(1.0);
-        let label = xml_escape(&format!("{} {}", r.path, r.workload));
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{label}</text><rect x="{left}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}">{} MB/s</text>"#,
-            left - 8.0,
-            y + row_h * 0.7,
-            y + 3.0,
-            row_h - 6.0,
-            colour(&r.path),
-            left + w + 6.0,
-            y + row_h * 0.7,
-            fmt_f(v)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">MB/s (10^6 bytes per second)</text>"##,
-        left + plot_w / 2.0,
-        bottom + 36.0
-    );
-    s.push_str("</svg>\n");
-    s
+        .filter(|s| s.ns > 0)
+        .map(|s| Bar {
+            label: format!("{} {}", s.path, s.workload),
+            value: s.mb_per_s(),
+            colour: colour(&s.path),
+        })
+        .collect();
+    bar_chart(
+        "Block and console throughput, MB/s: PV vs emulated vs host",
+        "MB/s",
+        &bars,
+    )
 }
 
 #[cfg(test)]

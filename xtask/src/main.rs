@@ -22,6 +22,8 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod block;
+mod net;
+mod report;
 
 /// The target guests are built for.
 const GUEST_TARGET: &str = "x86_64-unknown-none";
@@ -37,6 +39,7 @@ const GUESTS: &[&str] = &[
     "blkconformance",
     "isolation",
     "netdemo",
+    "netbench",
 ];
 
 const USAGE: &str = "\
@@ -59,6 +62,9 @@ commands:
                              without notification suppression, exits per message
   bench block [--quick]      PV disk vs emulated ATA disk vs the host's pread, PV console vs
                              UART: table, target/bench-block.csv and target/bench-block.svg
+  bench net [--quick]        PV vif vs emulated NE2000 (guest to guest) and PV over TAP (guest
+                             to host, as root): TCP MB/s, UDP packets/s, round trip, exits per
+                             frame: table, target/bench-net.csv and target/bench-net.svg
   image PATH SIZE            create a zeroed raw disk image (SIZE: bytes, or K, M, G)
 
 environment: HV_REQUIRE_KVM is passed on to the tests.";
@@ -128,13 +134,24 @@ fn dispatch(args: &[OsString]) -> Result<ExitCode> {
                 block::bench_block(&rest[1..])?;
                 Ok(ExitCode::SUCCESS)
             }
-            Some(other) => Err(format!(
-                "unknown benchmark `{other}` (known: hypercall, interdomain, block)"
-            )),
-            None => {
-                Err("`bench` needs a benchmark name (known: hypercall, interdomain, block)".into())
+            Some("net") => {
+                build()?;
+                net::bench_net(&rest[1..])?;
+                Ok(ExitCode::SUCCESS)
             }
+            Some(other) => Err(format!(
+                "unknown benchmark `{other}` (known: hypercall, interdomain, block, net)"
+            )),
+            None => Err(
+                "`bench` needs a benchmark name (known: hypercall, interdomain, block, net)".into(),
+            ),
         },
+        // The host end of `bench net`'s TAP rows, started by it inside a network namespace.
+        "net-sink" => {
+            no_more_args(rest)?;
+            net::net_sink()?;
+            Ok(ExitCode::SUCCESS)
+        }
         "image" => {
             block::image_command(rest)?;
             Ok(ExitCode::SUCCESS)
@@ -930,50 +947,6 @@ fn group_digits(n: u64) -> String {
     out
 }
 
-/// Prints a markdown table, numbers right-aligned (every column but the first).
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, &w))| {
-                if i == 0 {
-                    format!("{c:w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            if i == 0 {
-                "-".repeat(w + 2)
-            } else {
-                format!("{}:", "-".repeat(w + 1))
-            }
-        })
-        .collect();
-    println!("|{}|", rule.join("|"));
-    for r in rows {
-        line(r);
-    }
-}
-
 /// `cargo xtask bench interdomain`.
 fn bench_interdomain() -> Result<()> {
     let mut results = Vec::new();
@@ -1008,7 +981,7 @@ fn bench_interdomain() -> Result<()> {
         "interdomain benchmark: two domains (ping, pong) on one hv, one run per mode; \
          exits per message = both domains' exits (`hv --stats`) / (2 x messages)"
     );
-    print_table(
+    report::print_table(
         &[
             "mode",
             "messages each way",
@@ -1018,6 +991,7 @@ fn bench_interdomain() -> Result<()> {
             "round trip, median (p10 .. p90)",
         ],
         &rows,
+        &[0],
     );
     let (sup, always) = (&results[1], &results[2]);
     println!(
