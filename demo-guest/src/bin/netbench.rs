@@ -72,21 +72,56 @@ fn fail(msg: core::fmt::Arguments<'_>) -> ! {
     sched::exit(1)
 }
 
+/// A network interface netbench can run on.
+trait Link: smoltcp::phy::Device + Sized {
+    /// Opens the interface (or fails the run).
+    fn open() -> Self;
+    /// A smoltcp interface on it, with its MAC address.
+    fn interface(&mut self) -> Interface;
+    /// Waits until a frame may have arrived, or until `until` (system time).
+    fn wait(&mut self, until: u64);
+    /// Frames sent and received so far.
+    fn frames(&self) -> (u64, u64);
+}
+
+impl Link for NetDevice {
+    fn open() -> Self {
+        let dev = NetDevice::open(0).unwrap_or_else(|e| fail(format_args!("vif/0: {e}")));
+        println!("netbench: vif/0 (pv) up, mtu {}", dev.mtu());
+        dev
+    }
+
+    fn interface(&mut self) -> Interface {
+        NetDevice::interface(self)
+    }
+
+    fn wait(&mut self, until: u64) {
+        if let Err(e) = NetDevice::wait(self, until) {
+            fail(format_args!("vif/0: {e}"));
+        }
+    }
+
+    fn frames(&self) -> (u64, u64) {
+        let s = self.stats();
+        (s.tx_frames, s.rx_frames)
+    }
+}
+
 /// One interface and the smoltcp state on it.
-struct Net {
-    dev: NetDevice,
+struct Net<D: Link> {
+    dev: D,
     iface: Interface,
     sockets: SocketSet<'static>,
 }
 
-impl Net {
-    fn open(ip: Ipv4Address) -> Net {
-        let mut dev = NetDevice::open(0).unwrap_or_else(|e| fail(format_args!("vif/0: {e}")));
+impl<D: Link> Net<D> {
+    fn open(ip: Ipv4Address) -> Self {
+        let mut dev = D::open();
         let mut iface = dev.interface();
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), 24));
         });
-        println!("netbench: vif/0 up, ip {ip}/24, mtu {}", dev.mtu());
+        println!("netbench: ip {ip}/24");
         Net {
             dev,
             iface,
@@ -111,9 +146,7 @@ impl Net {
         let until = until
             .min(deadline)
             .min(now.saturating_add(delay.min(50 * NS_PER_MS)));
-        if let Err(e) = self.dev.wait(until) {
-            fail(format_args!("vif/0: {e}"));
-        }
+        self.dev.wait(until);
     }
 
     /// Runs the stack once; whether anything moved.
@@ -158,16 +191,15 @@ impl Net {
         let end = time::monotonic_ns() + ns;
         while time::monotonic_ns() < end {
             if !self.poll() {
-                let _ = self
-                    .dev
+                self.dev
                     .wait(end.min(time::monotonic_ns() + 10 * NS_PER_MS));
             }
         }
     }
 
     fn report_frames(&self) {
-        let s = self.dev.stats();
-        println!("bench frames tx={} rx={}", s.tx_frames, s.rx_frames);
+        let (tx, rx) = self.dev.frames();
+        println!("bench frames tx={tx} rx={rx}");
     }
 }
 
@@ -181,6 +213,11 @@ struct Opts {
     size: usize,
     count: u64,
     deadline: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nic {
+    Pv,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,6 +251,7 @@ fn parse_num(k: &str, v: &str) -> u64 {
 fn main(si: &StartInfo) {
     let mut role = None;
     let mut test = None;
+    let mut nic = Nic::Pv;
     let mut o = Opts {
         test: Test::None,
         ip: Ipv4Address::new(10, 0, 0, 1),
@@ -236,7 +274,7 @@ fn main(si: &StartInfo) {
                     _ => fail(format_args!("unknown test {t:?}")),
                 })
             }
-            Some(("nic", "pv")) => {}
+            Some(("nic", "pv")) => nic = Nic::Pv,
             Some(("nic", v)) => fail(format_args!("unknown nic {v:?} (known: pv)")),
             Some(("ip", v)) => o.ip = parse_ip(v),
             Some(("peer", v)) => o.peer = Some(parse_ip(v)),
@@ -253,16 +291,16 @@ fn main(si: &StartInfo) {
         fail(format_args!("size must be 8 to 1472"));
     }
     o.deadline = time::monotonic_ns() + o.deadline * NS_PER_SEC;
-    match role {
-        Some("sink") => sink(&o),
-        Some("source") => source(&o),
+    match (role, nic) {
+        (Some("sink"), Nic::Pv) => sink::<NetDevice>(&o),
+        (Some("source"), Nic::Pv) => source::<NetDevice>(&o),
         _ => fail(format_args!("role=sink or role=source is required")),
     }
 }
 
 /// Answers echoes, takes TCP data and counts datagrams until told to quit.
-fn sink(o: &Opts) {
-    let mut net = Net::open(o.ip);
+fn sink<D: Link>(o: &Opts) {
+    let mut net = Net::<D>::open(o.ip);
     let echo = net.udp(ECHO_PORT, 64);
     let count = net.udp(UDP_PORT, 512);
     let quit = net.udp(QUIT_PORT, 4);
@@ -339,8 +377,8 @@ fn sink(o: &Opts) {
 
 /// Sends one echo datagram and waits (at most `wait_ns`) for it to come back; the round
 /// trip, or `None`.
-fn round_trip(
-    net: &mut Net,
+fn round_trip<D: Link>(
+    net: &mut Net<D>,
     h: SocketHandle,
     to: IpEndpoint,
     seq: u64,
@@ -367,11 +405,11 @@ fn round_trip(
 }
 
 /// Drives one test against the sink at `peer`.
-fn source(o: &Opts) {
+fn source<D: Link>(o: &Opts) {
     let peer = o
         .peer
         .unwrap_or_else(|| fail(format_args!("peer= is required")));
-    let mut net = Net::open(o.ip);
+    let mut net = Net::<D>::open(o.ip);
     let echo = net.udp(ECHO_PORT, 8);
     let to = IpEndpoint::new(IpAddress::Ipv4(peer), ECHO_PORT);
     // Sync: the sink is up and both ends know each other's MAC.
@@ -403,7 +441,7 @@ fn source(o: &Opts) {
     net.report_frames();
 }
 
-fn tcp_send(net: &mut Net, peer: Ipv4Address, o: &Opts) {
+fn tcp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     let h = net.tcp_socket();
     let cx = net.iface.context();
     let s = net.sockets.get_mut::<tcp::Socket>(h);
@@ -455,7 +493,7 @@ fn tcp_send(net: &mut Net, peer: Ipv4Address, o: &Opts) {
     println!("bench tcp_tx bytes={sent} ns={ns}");
 }
 
-fn udp_send(net: &mut Net, peer: Ipv4Address, o: &Opts) {
+fn udp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     let h = net.udp(49_600, 256);
     let to = IpEndpoint::new(IpAddress::Ipv4(peer), UDP_PORT);
     let mut payload = vec![0u8; o.size];
@@ -480,7 +518,7 @@ fn udp_send(net: &mut Net, peer: Ipv4Address, o: &Opts) {
     println!("bench udp_tx packets={sent} ns={ns}");
 }
 
-fn rtt(net: &mut Net, h: SocketHandle, to: IpEndpoint, o: &Opts) {
+fn rtt<D: Link>(net: &mut Net<D>, h: SocketHandle, to: IpEndpoint, o: &Opts) {
     let mut samples = Vec::with_capacity(o.count as usize);
     let mut lost = 0u64;
     for seq in 0..o.count {
