@@ -9,7 +9,8 @@
 //! vcpus = 1                     # optional, default 1
 //! cmdline = "role=ping"         # optional
 //! disks = ["disk.img", "ro.img,readonly"]   # optional; relative to this file
-//! nets = ["switch:lan"]         # optional; vif/0, vif/1, ... on in-hv switches
+//! nets = ["switch:lan"]         # optional; vif/0, vif/1, ... on in-hv switches, or host
+//!                               # TAPs: "tap:hv0,host=10.77.0.1/24"
 //!
 //! [[domain]]
 //! name = "pong"
@@ -18,6 +19,7 @@
 //! ```
 //! Domains get ids 1, 2, ... in file order.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use hypercall_abi::start_info::CMDLINE_MAX;
@@ -26,6 +28,7 @@ use serde::Deserialize;
 
 use crate::error::{parse_size, HvError};
 use crate::layout::{MAX_MEM, MIN_MEM};
+use crate::tap::{self, HostAddr};
 
 /// Default guest RAM.
 pub const DEFAULT_MEM: &str = "64M";
@@ -76,30 +79,78 @@ pub const MAX_SWITCH_NAME: usize = 64;
 pub enum NetSpec {
     /// A port of the in-hv learning switch of this name (created by its first interface).
     Switch(String),
+    /// The host TAP interface of this name (created if it does not exist; see [`crate::tap`]).
+    Tap {
+        /// The interface name.
+        name: String,
+        /// The host side's address, set (and the link brought up) by `hv`, if given.
+        host: Option<HostAddr>,
+    },
 }
 
-/// Parses `switch:NAME` (NAME: 1 to [`MAX_SWITCH_NAME`] of `[A-Za-z0-9_.-]`). `tap:NAME` is
-/// refused: TAP backends are not supported yet.
+/// Whether `name` is 1 to `max` of `[A-Za-z0-9_.-]`.
+fn simple_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses `A.B.C.D/P` (P from 1 to 32; a unicast address).
+pub fn parse_host_addr(text: &str) -> Result<HostAddr, String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or("the host address must be A.B.C.D/P")?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address A.B.C.D"))?;
+    let prefix: u8 = match prefix.parse() {
+        Ok(p @ 1..=32) => p,
+        _ => return Err(format!("prefix {prefix:?} must be 1 to 32")),
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+        return Err(format!("{addr} is not a unicast address"));
+    }
+    Ok(HostAddr { addr, prefix })
+}
+
+/// Parses `switch:NAME` (NAME: 1 to [`MAX_SWITCH_NAME`] of `[A-Za-z0-9_.-]`) or
+/// `tap:NAME[,host=A.B.C.D/P]` (NAME: 1 to [`tap::MAX_NAME`] of `[A-Za-z0-9_.-]`, not `.` or
+/// `..`).
 pub fn parse_net(text: &str) -> Result<NetSpec, HvError> {
     let bad = |why: &str| HvError::BadArgument(format!("--net {text:?}: {why}"));
     match text.split_once(':') {
         Some(("switch", name)) => {
-            if name.is_empty()
-                || name.len() > MAX_SWITCH_NAME
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if !simple_name(name, MAX_SWITCH_NAME) {
                 return Err(bad(&format!(
                     "the switch name must be 1 to {MAX_SWITCH_NAME} of [A-Za-z0-9_.-]"
                 )));
             }
             Ok(NetSpec::Switch(name.to_string()))
         }
-        Some(("tap", _)) => Err(HvError::BadArgument(
-            "tap backends are not supported yet".into(),
-        )),
-        _ => Err(bad("use switch:NAME")),
+        Some(("tap", rest)) => {
+            let (name, opts) = match rest.split_once(',') {
+                Some((n, o)) => (n, Some(o)),
+                None => (rest, None),
+            };
+            if !simple_name(name, tap::MAX_NAME) || name == "." || name == ".." {
+                return Err(bad(&format!(
+                    "the tap name must be 1 to {} of [A-Za-z0-9_.-]",
+                    tap::MAX_NAME
+                )));
+            }
+            let host = match opts.map(|o| o.split_once('=')) {
+                None => None,
+                Some(Some(("host", a))) => Some(parse_host_addr(a).map_err(|e| bad(&e))?),
+                Some(_) => return Err(bad("use tap:NAME or tap:NAME,host=A.B.C.D/P")),
+            };
+            Ok(NetSpec::Tap {
+                name: name.to_string(),
+                host,
+            })
+        }
+        _ => Err(bad("use switch:NAME or tap:NAME[,host=A.B.C.D/P]")),
     }
 }
 
@@ -332,13 +383,37 @@ mod tests {
             parse_net("switch:a-b_c.1").unwrap(),
             NetSpec::Switch("a-b_c.1".into())
         );
-        let tap = parse_net("tap:tap0").unwrap_err();
-        assert!(matches!(tap, HvError::BadArgument(_)));
         assert_eq!(
-            tap.to_string(),
-            "invalid argument: tap backends are not supported yet"
+            parse_net("tap:tap0").unwrap(),
+            NetSpec::Tap {
+                name: "tap0".into(),
+                host: None
+            }
+        );
+        assert_eq!(
+            parse_net("tap:hv0,host=10.77.0.1/24").unwrap(),
+            NetSpec::Tap {
+                name: "hv0".into(),
+                host: Some(HostAddr {
+                    addr: Ipv4Addr::new(10, 77, 0, 1),
+                    prefix: 24
+                })
+            }
+        );
+        let longest = format!("tap:{}", "t".repeat(tap::MAX_NAME));
+        assert!(parse_net(&longest).is_ok());
+        let e = parse_net("tap:abcdefghijklmnop").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: --net \"tap:abcdefghijklmnop\": the tap name must be 1 to 15 of [A-Za-z0-9_.-]"
+        );
+        let e = parse_net("tap:hv0,host=10.77.0.1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: --net \"tap:hv0,host=10.77.0.1\": the host address must be A.B.C.D/P"
         );
         let long = format!("switch:{}", "x".repeat(MAX_SWITCH_NAME + 1));
+        let long_tap = format!("tap:{}", "t".repeat(tap::MAX_NAME + 1));
         for bad in [
             "switch:",
             "switch:a b",
@@ -347,6 +422,26 @@ mod tests {
             "bridge:lan",
             "",
             long.as_str(),
+            "tap:",
+            "tap:.",
+            "tap:..",
+            "tap:a/b",
+            "tap:a:b",
+            "tap:a b",
+            "tap:hv%d",
+            long_tap.as_str(),
+            "tap:hv0,",
+            "tap:hv0,host",
+            "tap:hv0,mtu=9000",
+            "tap:hv0,host=10.77.0.1/0",
+            "tap:hv0,host=10.77.0.1/33",
+            "tap:hv0,host=10.77.0.1/x",
+            "tap:hv0,host=10.77.0/24",
+            "tap:hv0,host=10.77.0.256/24",
+            "tap:hv0,host=0.0.0.0/24",
+            "tap:hv0,host=224.0.0.1/4",
+            "tap:hv0,host=255.255.255.255/32",
+            "tap:hv0,host=10.77.0.1/24,host=10.77.0.2/24",
         ] {
             assert!(
                 matches!(parse_net(bad), Err(HvError::BadArgument(_))),
@@ -364,8 +459,22 @@ mod tests {
             vec![NetSpec::Switch("lan".into()), NetSpec::Switch("wan".into())]
         );
         assert!(specs[1].nets.is_empty());
+        let specs = load_str(
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"tap:hv0,host=10.77.0.1/24\", \"tap:t1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            specs[0].nets,
+            vec![
+                parse_net("tap:hv0,host=10.77.0.1/24").unwrap(),
+                NetSpec::Tap {
+                    name: "t1".into(),
+                    host: None
+                }
+            ]
+        );
         for bad in [
-            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"tap:t0\"]\n",
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"tap:sixteen_chars_xy\"]\n",
             "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = \"switch:lan\"\n",
         ] {
             assert!(

@@ -36,6 +36,9 @@ pub mod exit_code {
     pub const BAD_CONFIG: u8 = 82;
     /// A disk image cannot be used (missing, a directory, size not a multiple of 512).
     pub const BAD_DISK: u8 = 83;
+    /// A `--net tap:NAME` interface cannot be opened or configured (privilege, busy, not a
+    /// TAP, no `/dev/net/tun`).
+    pub const TAP: u8 = 84;
     /// KVM or the host failed while setting up or running a domain (a hypervisor error).
     pub const HV_INTERNAL: u8 = 90;
 }
@@ -186,6 +189,9 @@ pub enum HvError {
     /// A disk image cannot be used.
     #[error("{0}")]
     BadDisk(String),
+    /// A TAP interface cannot be opened or configured.
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
     /// KVM or the host failed.
     #[error("hypervisor error: {0}")]
     Internal(String),
@@ -204,6 +210,7 @@ impl HvError {
             HvError::BadArgument(_) => BAD_ARGUMENT,
             HvError::BadConfig { .. } => BAD_CONFIG,
             HvError::BadDisk(_) => BAD_DISK,
+            HvError::Tap(_) => TAP,
             HvError::Internal(_) => HV_INTERNAL,
         }
     }
@@ -277,6 +284,7 @@ mod tests {
             BAD_ARGUMENT,
             BAD_CONFIG,
             BAD_DISK,
+            TAP,
             HV_INTERNAL,
         ];
         let n = all.len();

@@ -2,7 +2,8 @@
 //! and serve their hypercalls.
 //!
 //! Layers, bottom up:
-//! - [`kvm`] — the only module that touches KVM;
+//! - [`kvm`] — the only module that touches KVM; [`tap`] — the only one that touches
+//!   `/dev/net/tun`;
 //! - [`x86`] — the CPU tables the hv owns for each guest (page tables, GDT, IDT, TSS);
 //! - [`memory`], [`layout`], [`loader`] — guest RAM with checked access, where things go in it,
 //!   and the guest image;
@@ -32,6 +33,7 @@ pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod store_service;
+pub mod tap;
 pub mod time;
 pub mod vcpu;
 pub mod vmm;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--disk PATH[,readonly]]...
-//!        [--net switch:NAME]... [--stats]
+//!        [--net switch:NAME|tap:NAME[,host=A.B.C.D/P]]... [--stats]
 //! hv run --config DOMAINS.toml [--stats]
 //! ```
 //! The guest's console goes to stdout; `hv`'s own messages (one line each) to stderr. `hv`
@@ -23,8 +23,9 @@ use hv_core::error::{exit_code, HvError};
 use hv_core::hypercall::OFFERED;
 use hv_core::kvm::{Kvm, KvmError};
 use hv_core::loader::GuestImage;
-use hv_core::netback::NetDevice;
+use hv_core::netback::{NetDevice, Uplink};
 use hv_core::registry::Registry;
+use hv_core::tap::Tap;
 use hv_core::time::Clock;
 use hv_core::vmm::{kvm_path, start_domain, DomainConfig};
 use hypercall_abi::sched::MAX_EXIT_CODE;
@@ -72,8 +73,11 @@ enum Command {
         #[arg(long, value_name = "PATH[,readonly]")]
         ata_disk: Option<String>,
         /// A paravirtual network interface on the in-hv learning switch NAME (created by its
-        /// first interface), `switch:NAME`; repeat for more interfaces (vif/0, vif/1, ...).
-        #[arg(long, value_name = "switch:NAME")]
+        /// first interface), `switch:NAME`, or on the host TAP interface NAME (created if
+        /// missing; `host=` sets the host side's address and brings it up; needs
+        /// CAP_NET_ADMIN), `tap:NAME[,host=A.B.C.D/P]`; repeat for more interfaces (vif/0,
+        /// vif/1, ...).
+        #[arg(long, value_name = "switch:NAME|tap:NAME[,host=A.B.C.D/P]")]
         net: Vec<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
@@ -234,11 +238,13 @@ fn run(
     stats: bool,
     start: std::time::Instant,
 ) -> Result<u8, HvError> {
-    // Validate every image and open every disk before starting anything.
+    // Validate every image and open every disk and TAP before starting anything.
     let mut images = Vec::new();
     let mut disks = Vec::new();
+    let mut nets = Vec::new();
     for s in &specs {
         images.push(GuestImage::load(&s.kernel, OFFERED)?);
+        nets.push(net_devices(&s.nets)?);
         let mut devs = Vec::new();
         for (n, d) in s.disks.iter().enumerate() {
             let disk =
@@ -274,7 +280,9 @@ fn run(
     let many = specs.len() > 1;
     debug_signal::watch(Arc::clone(&registry));
     let (tx, rx) = mpsc::channel();
-    for (i, ((spec, image), (disks, ata_disk))) in specs.iter().zip(images).zip(disks).enumerate() {
+    for (i, (((spec, image), (disks, ata_disk)), nets)) in
+        specs.iter().zip(images).zip(disks).zip(nets).enumerate()
+    {
         let prefix = format!("[{}] ", spec.name);
         let sink = move || -> Box<dyn Write + Send> {
             if many {
@@ -294,17 +302,7 @@ fn run(
             cmdline: spec.cmdline.clone(),
             disks,
             ata_disk,
-            nets: spec
-                .nets
-                .iter()
-                .enumerate()
-                .map(|(n, net)| match net {
-                    NetSpec::Switch(name) => NetDevice {
-                        n: n as u32,
-                        switch: name.clone(),
-                    },
-                })
-                .collect(),
+            nets,
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,
@@ -366,6 +364,28 @@ fn run(
     Ok(worst.unwrap_or(0))
 }
 
+/// The network interfaces of one domain, TAPs opened (and configured when asked).
+fn net_devices(specs: &[NetSpec]) -> Result<Vec<NetDevice>, HvError> {
+    let mut devs = Vec::new();
+    for (n, net) in specs.iter().enumerate() {
+        let uplink = match net {
+            NetSpec::Switch(name) => Uplink::Switch(name.clone()),
+            NetSpec::Tap { name, host } => {
+                let tap = Tap::open(name)?;
+                if let Some(host) = host {
+                    tap.configure(*host)?;
+                }
+                Uplink::Tap(Arc::new(tap))
+            }
+        };
+        devs.push(NetDevice {
+            n: n as u32,
+            uplink,
+        });
+    }
+    Ok(devs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,11 +432,24 @@ mod tests {
             specs[0].nets,
             vec![NetSpec::Switch("lan".into()), NetSpec::Switch("wan".into())]
         );
-        let tap = parse(&["hv", "run", "g.elf", "--net", "tap:tap0"]).unwrap_err();
-        assert_eq!(
-            tap.to_string(),
-            "invalid argument: tap backends are not supported yet"
-        );
+        let specs = parse(&[
+            "hv",
+            "run",
+            "g.elf",
+            "--net",
+            "tap:tap0",
+            "--net",
+            "tap:hv0,host=10.77.0.1/24",
+        ])
+        .unwrap();
+        assert!(matches!(
+            &specs[0].nets[..],
+            [NetSpec::Tap { name: a, host: None }, NetSpec::Tap { name: b, host: Some(h) }]
+                if a == "tap0" && b == "hv0" && h.to_string() == "10.77.0.1/24"
+        ));
+        let long = parse(&["hv", "run", "g.elf", "--net", "tap:a_name_too_long_"]).unwrap_err();
+        assert_eq!(long.exit_code(), exit_code::BAD_ARGUMENT);
+        assert!(long.to_string().contains("1 to 15"), "{long}");
         assert!(parse(&["hv", "run", "g.elf", "--net", "switch:"]).is_err());
         assert!(parse(&["hv", "run", "g.elf", "--net"]).is_err());
     }

@@ -1,15 +1,21 @@
-//! Network interfaces served by the hv, connected by in-hv learning switches.
+//! Network interfaces served by the hv, connected by in-hv learning switches or to host TAP
+//! interfaces.
 //!
-//! For each `--net switch:NAME` of a domain, a backend thread acts as the toolstack (creates
-//! the `vif/<n>` device directories in the store and publishes the backend's keys, see
-//! [`hypercall_abi::io::net`]), waits for the frontend to publish its two rings and its event
-//! channel, then serves them with `pv_drivers`' [`NetBackend`] through [`HvHost`]. Frames the
-//! frontend transmits go through the named [`Switch`] (one per name, kept in the
-//! [`Registry`]); frames the switch sends to this interface are queued on its [`VifQueue`],
-//! whose push wakes the thread, and are copied into the frontend's receive buffers.
+//! For each `--net switch:NAME` or `--net tap:NAME` of a domain, a backend thread acts as the
+//! toolstack (creates the `vif/<n>` device directories in the store and publishes the
+//! backend's keys, see [`hypercall_abi::io::net`]), waits for the frontend to publish its two
+//! rings and its event channel, then serves them with `pv_drivers`' [`NetBackend`] through
+//! [`HvHost`]. Where its frames go is its [`Uplink`]:
+//! - a switch: frames the frontend transmits go through the named [`Switch`] (one per name,
+//!   kept in the [`Registry`]); frames the switch sends to this interface are queued on its
+//!   [`VifQueue`];
+//! - a TAP ([`crate::tap`]): frames the frontend transmits are written to the TAP; a reader
+//!   thread reads the frames the host sends and queues them on the [`VifQueue`] (dropped, and
+//!   counted, when it is full).
 //!
-//! A vif is a port of its switch from the moment it is connected until it closes or its
-//! domain stops.
+//! Either way the queue's push wakes the vif's thread, which copies the frames into the
+//! frontend's receive buffers. A vif is attached to its uplink (a port of its switch, or the
+//! TAP's reader running) from the moment it is connected until it closes or its domain stops.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,17 +34,27 @@ use crate::backend_host::{
 use crate::domain::{Domain, Signal};
 use crate::evtchn::Backend;
 use crate::registry::Registry;
+use crate::tap::{Tap, TapReader};
 
 /// Frames a vif's queue holds at most; frames forwarded to a full queue are dropped.
 pub const QUEUE_FRAMES: usize = 256;
 
+/// What a network interface is connected to.
+#[derive(Debug, Clone)]
+pub enum Uplink {
+    /// A port of the in-hv switch of this name.
+    Switch(String),
+    /// A host TAP interface (opened, and configured, before the domain starts).
+    Tap(Arc<Tap>),
+}
+
 /// A network interface to serve.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NetDevice {
     /// Interface number (`vif/<n>`).
     pub n: u32,
-    /// The name of the switch it is connected to.
-    pub switch: String,
+    /// What it is connected to.
+    pub uplink: Uplink,
 }
 
 /// The MAC address the hv gives interface `n` of domain `domid`: locally administered and
@@ -221,24 +237,80 @@ fn publish(reg: &Registry, front_id: DomId, dev: &NetDevice, back: &str) {
     );
 }
 
-/// A connected vif: its backend, its port on the switch, and the holds on its two ring pages
-/// (dropped after the backend).
+/// A connected vif's attachment to its uplink.
+enum Link {
+    /// Its port on the switch.
+    Switch { name: String, port: PortId },
+    /// The TAP, and the thread reading it into the vif's queue.
+    Tap { tap: Arc<Tap>, reader: TapReader },
+}
+
+impl Link {
+    /// Attaches a vif whose frames are queued on `queue` to `uplink`.
+    fn attach(
+        reg: &Registry,
+        uplink: &Uplink,
+        queue: &Arc<VifQueue>,
+        thread_name: String,
+    ) -> Result<Link, String> {
+        Ok(match uplink {
+            Uplink::Switch(name) => Link::Switch {
+                name: name.clone(),
+                port: reg.switches().attach(name, Arc::clone(queue)),
+            },
+            Uplink::Tap(tap) => {
+                let q = Arc::clone(queue);
+                let reader = tap
+                    .spawn_reader(thread_name, move |frame| {
+                        q.push(frame);
+                    })
+                    .map_err(|e| format!("starting the reader of tap {}: {e}", tap.name()))?;
+                Link::Tap {
+                    tap: Arc::clone(tap),
+                    reader,
+                }
+            }
+        })
+    }
+
+    /// Detaches: no more frames are queued for the vif once this returns.
+    fn detach(self, reg: &Registry) {
+        match self {
+            Link::Switch { name, port } => {
+                reg.switches().detach(&name, port);
+            }
+            Link::Tap { reader, .. } => reader.stop(),
+        }
+    }
+}
+
+/// A connected vif: its backend, its attachment to its uplink, and the holds on its two ring
+/// pages (dropped after the backend).
 struct Connected {
     backend: NetBackend<HvHost>,
-    port: PortId,
-    _rings: [Hold; 2],
+    link: Link,
+    rings: [Hold; 2],
 }
 
 impl Connected {
-    /// Serves the TX ring into the switch, then delivers the frames queued for this vif
+    /// Serves the TX ring into the uplink, then delivers the frames queued for this vif
     /// (at most [`QUEUE_FRAMES`] per call; more wait for the next wake, which the queue
     /// raises). Errors only when the frontend broke a ring.
-    fn pump(&mut self, reg: &Registry, switch: &str, queue: &VifQueue) -> Result<(), NetError> {
-        let port = self.port;
-        let switches = reg.switches();
-        self.backend.process_tx(&mut |frame: &[u8]| {
-            switches.forward(switch, port, frame);
-        })?;
+    fn pump(&mut self, reg: &Registry, queue: &VifQueue) -> Result<(), NetError> {
+        match &self.link {
+            Link::Switch { name, port } => {
+                let switches = reg.switches();
+                self.backend.process_tx(&mut |frame: &[u8]| {
+                    switches.forward(name, *port, frame);
+                })?;
+            }
+            Link::Tap { tap, .. } => {
+                // A frame the host cannot take is dropped (and counted by the TAP).
+                self.backend.process_tx(&mut |frame: &[u8]| {
+                    tap.send(frame);
+                })?;
+            }
+        }
         for _ in 0..QUEUE_FRAMES {
             let Some(frame) = queue.pop() else { break };
             // Other errors (no buffers posted, ...) drop the frame, as Ethernet would; the
@@ -329,7 +401,7 @@ fn serve(
                 close = true;
                 break;
             }
-            if c.pump(&reg, &dev.switch, &queue).is_err() {
+            if c.pump(&reg, &queue).is_err() {
                 eprintln!(
                     "hv: vif{n} of domain {}: the frontend broke a ring; disconnected",
                     dom.name
@@ -350,14 +422,22 @@ fn serve(
         }
         match connect(&dom, &reg, &dev, &front) {
             Ok((backend, rings)) => {
-                let port = reg.switches().attach(&dev.switch, Arc::clone(&queue));
+                let thread_name = format!("{}-vif{n}-tap", dom.name);
+                let link = match Link::attach(&reg, &dev.uplink, &queue, thread_name) {
+                    Ok(l) => l,
+                    Err(why) => {
+                        eprintln!("hv: vif{n} of domain {}: cannot connect: {why}", dom.name);
+                        close = true;
+                        break;
+                    }
+                };
                 store_write(&reg, &back_state, Value::State(DeviceState::Connected));
                 let c = conn.insert(Connected {
                     backend,
-                    port,
-                    _rings: rings,
+                    link,
+                    rings,
                 });
-                if c.pump(&reg, &dev.switch, &queue).is_err() {
+                if c.pump(&reg, &queue).is_err() {
                     close = true;
                     break;
                 }
@@ -369,11 +449,17 @@ fn serve(
             }
         }
     }
-    // Leave the switch first (no more frames queued), then release the ring pages and every
-    // grant: Closed means released.
-    if let Some(c) = conn {
-        reg.switches().detach(&dev.switch, c.port);
-        drop(c);
+    // Leave the uplink first (no more frames queued), then release the backend's grants and
+    // the ring pages: Closed means released.
+    if let Some(Connected {
+        backend,
+        link,
+        rings,
+    }) = conn
+    {
+        link.detach(&reg);
+        drop(backend);
+        drop(rings);
     }
     if close {
         store_write(&reg, &back_state, Value::State(DeviceState::Closed));

@@ -1,18 +1,23 @@
 //! Two domains talk TCP/IP over paravirtual network interfaces (`vif/0`, both on the hv's
 //! switch `lan`), with smoltcp on `pv_drivers::frontend::net::NetDevice`. Run both with
-//! `hv run --config examples/netdemo.toml`.
+//! `hv run --config examples/netdemo.toml`. The server alone also serves the host over a TAP:
+//! `hv run netdemo --net tap:hv0,host=10.77.0.1/24 --cmdline "role=server ip=10.77.0.2/24
+//! requests=1"`, then `curl http://10.77.0.2/`.
 //!
 //! Command line (space-separated `key=value`):
 //!
 //! | key | values | meaning |
 //! | --- | --- | --- |
 //! | `role` | `server`, `client` | required: which end this domain is |
-//! | `timeout` | seconds | how long the whole exchange may take (default 60) |
+//! | `ip` | `A.B.C.D/P` | this domain's address (default 10.0.0.1/24 for the server, 10.0.0.2/24 for the client) |
+//! | `requests` | a count, or `forever` | server: power off after this many HTTP requests (no echo session needed), or never |
+//! | `timeout` | seconds | how long the whole exchange may take (default 60; none with `requests=`) |
 //!
-//! - `server` (10.0.0.1/24) runs a TCP echo service on port 7 and a tiny HTTP server on
-//!   port 80 that answers `GET /` with a short page; it powers off with 0 once it has served
-//!   one HTTP request and one echo session, or with 1 at the deadline.
-//! - `client` (10.0.0.2/24) pings the server (ICMP echo), fetches `http://10.0.0.1/`, prints
+//! - `server` runs a TCP echo service on port 7 and a tiny HTTP server on port 80 that answers
+//!   `GET /` with a short page; it answers ping (smoltcp does). Without `requests=` it powers
+//!   off with 0 once it has served one HTTP request and one echo session (the client's visit),
+//!   or with 1 at the deadline.
+//! - `client` pings the server (10.0.0.1; ICMP echo), fetches `http://10.0.0.1/`, prints
 //!   `netdemo: fetched N bytes: <first line>`, sends a few messages to the echo service and
 //!   checks the answers, prints `netdemo: echo ok` and powers off with 0 (1 on any failure).
 #![no_std]
@@ -30,7 +35,7 @@ use pv_drivers::frontend::net::smoltcp;
 use pv_drivers::frontend::net::{self as vif, NetDevice};
 use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp};
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address};
 
 guest_sdk::entry!(
     main,
@@ -41,6 +46,8 @@ guest_sdk::entry!(
 
 const SERVER_IP: IpAddress = IpAddress::v4(10, 0, 0, 1);
 const CLIENT_IP: IpAddress = IpAddress::v4(10, 0, 0, 2);
+/// The prefix length of the default addresses.
+const PREFIX: u8 = 24;
 const ECHO_PORT: u16 = 7;
 const HTTP_PORT: u16 = 80;
 /// Pings the client sends (each retried until answered).
@@ -62,14 +69,14 @@ struct Net {
 }
 
 impl Net {
-    fn open(ip: IpAddress) -> Net {
+    fn open(cidr: IpCidr) -> Net {
         let mut dev = match NetDevice::open(0) {
             Ok(d) => d,
             Err(e) => fail(format_args!("cannot open vif/0: {e}")),
         };
         let m = dev.mac();
         println!(
-            "netdemo: vif/0 up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {ip}/24",
+            "netdemo: vif/0 up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {cidr}",
             m[0],
             m[1],
             m[2],
@@ -80,7 +87,7 @@ impl Net {
         );
         let mut iface = dev.interface();
         iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(ip, 24));
+            let _ = addrs.push(cidr);
         });
         Net {
             dev,
@@ -155,37 +162,83 @@ fn fail(msg: core::fmt::Arguments<'_>) -> ! {
     sched::exit(1)
 }
 
+/// When the server is done.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// One HTTP request and one echo session served (the client's visit).
+    Visit,
+    /// This many HTTP requests served.
+    Requests(u32),
+    /// Never.
+    Forever,
+}
+
+/// Parses `A.B.C.D/P` (P from 1 to 32).
+fn parse_cidr(text: &str) -> Option<IpCidr> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: Ipv4Address = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p))?;
+    Some(IpCidr::new(IpAddress::Ipv4(addr), prefix))
+}
+
 fn main(si: &StartInfo) {
     let mut role = None;
-    let mut timeout_s = 60;
+    let mut timeout_s = None;
+    let mut ip = None;
+    let mut goal = Goal::Visit;
     for word in si.cmdline().split_whitespace() {
         match word.split_once('=') {
             Some(("role", r)) => role = Some(r),
-            Some(("timeout", t)) => match t.parse() {
-                Ok(t) => timeout_s = t,
+            Some(("timeout", t)) => match t.parse::<u64>() {
+                Ok(t) => timeout_s = Some(t),
                 Err(_) => fail(format_args!("bad timeout {t:?}")),
+            },
+            Some(("ip", a)) => match parse_cidr(a) {
+                Some(c) => ip = Some(c),
+                None => fail(format_args!("bad ip {a:?} (use A.B.C.D/P)")),
+            },
+            Some(("requests", "forever")) => goal = Goal::Forever,
+            Some(("requests", n)) => match n.parse() {
+                Ok(n) if n > 0 => goal = Goal::Requests(n),
+                _ => fail(format_args!("bad requests {n:?} (a count, or forever)")),
             },
             _ => fail(format_args!("unknown option {word:?}")),
         }
     }
-    let deadline = time::monotonic_ns() + timeout_s * NS_PER_SEC;
+    // A server waiting for outside clients has no deadline unless asked.
+    let timeout_s = match (timeout_s, goal) {
+        (Some(t), _) => Some(t),
+        (None, Goal::Visit) => Some(60),
+        (None, _) => None,
+    };
+    let deadline = timeout_s.map_or(u64::MAX, |t| {
+        time::monotonic_ns().saturating_add(t.saturating_mul(NS_PER_SEC))
+    });
     match role {
-        Some("server") => server(deadline),
-        Some("client") => client(deadline),
+        Some("server") => server(ip.unwrap_or(IpCidr::new(SERVER_IP, PREFIX)), goal, deadline),
+        Some("client") => client(ip.unwrap_or(IpCidr::new(CLIENT_IP, PREFIX)), deadline),
         _ => fail(format_args!("role=server or role=client is required")),
     }
 }
 
-/// Echo on port 7, HTTP on port 80, until one of each has been served.
-fn server(deadline: u64) {
-    let mut net = Net::open(SERVER_IP);
+/// Echo on port 7, HTTP on port 80, until `goal` is reached.
+fn server(cidr: IpCidr, goal: Goal, deadline: u64) {
+    let mut net = Net::open(cidr);
     let echo = net.tcp_socket();
     let http = net.tcp_socket();
-    println!("netdemo: server listening on tcp/{ECHO_PORT} (echo) and tcp/{HTTP_PORT} (http)");
+    println!(
+        "netdemo: server listening on {}: tcp/{ECHO_PORT} (echo) and tcp/{HTTP_PORT} (http)",
+        cidr.address()
+    );
     let (mut echo_conns, mut echo_bytes, mut echo_was_open) = (0u32, 0usize, false);
     let (mut http_served, mut request) = (0u32, Vec::new());
     let mut buf = [0u8; 2048];
-    while echo_conns == 0 || http_served == 0 {
+    let done = |http: u32, echo: u32| match goal {
+        Goal::Visit => http > 0 && echo > 0,
+        Goal::Requests(n) => http >= n,
+        Goal::Forever => false,
+    };
+    while !done(http_served, echo_conns) {
         if time::monotonic_ns() >= deadline {
             fail(format_args!(
                 "deadline: served {http_served} http request(s) and {echo_conns} echo session(s)"
@@ -278,8 +331,8 @@ fn first_line(b: &[u8]) -> &str {
 }
 
 /// Ping, fetch the page, talk to the echo service.
-fn client(deadline: u64) {
-    let mut net = Net::open(CLIENT_IP);
+fn client(cidr: IpCidr, deadline: u64) {
+    let mut net = Net::open(cidr);
     ping(&mut net, deadline);
     let page = fetch(&mut net, deadline);
     let line = first_line(&page);
