@@ -62,7 +62,8 @@ commands:
                              without notification suppression, exits per message
   bench block [--quick]      PV disk vs emulated ATA disk vs the host's pread, PV console vs
                              UART: table, target/bench-block.csv and target/bench-block.svg
-  bench net [--quick]        PV vif vs emulated NE2000 (guest to guest) and PV over TAP (guest
+  bench net [--quick] [--link pv|ne2k|pv-tap]...
+                             PV vif vs emulated NE2000 (guest to guest) and PV over TAP (guest
                              to host, as root): TCP MB/s, UDP packets/s, round trip, exits per
                              frame: table, target/bench-net.csv and target/bench-net.svg
   image PATH SIZE            create a zeroed raw disk image (SIZE: bytes, or K, M, G)

@@ -433,25 +433,46 @@ fn measure(link: Link, test: Test, out: &RunOut, base: &RunOut) -> Result<Row> {
     })
 }
 
-/// `cargo xtask bench net [--quick]`.
+/// `cargo xtask bench net [--quick] [--link pv|ne2k|pv-tap]...`.
 pub fn bench_net(rest: &[OsString]) -> Result<()> {
     let mut quick = false;
-    for a in rest {
+    let mut only = Vec::new();
+    let mut args = rest.iter();
+    while let Some(a) = args.next() {
         match a.to_str() {
             Some("--quick") => quick = true,
+            Some("--link") => {
+                let l = args.next().and_then(|l| l.to_str()).unwrap_or("");
+                only.push(
+                    [Link::Pv, Link::Ne2k, Link::PvTap]
+                        .into_iter()
+                        .find(|k| k.short() == l)
+                        .ok_or_else(|| {
+                            format!("bench net: --link {l:?}: use pv, ne2k or pv-tap")
+                        })?,
+                );
+            }
             _ => {
                 return Err(format!(
-                    "bench net: unknown argument {a:?} (known: --quick)"
+                    "bench net: unknown argument {a:?} (known: --quick, --link LINK)"
                 ))
             }
         }
     }
-    let tap_skip = tap_unavailable();
+    let wanted = |l: Link| only.is_empty() || only.contains(&l);
+    let tap_skip = if wanted(Link::PvTap) {
+        tap_unavailable()
+    } else {
+        Some("not asked for".into())
+    };
     let netns = match &tap_skip {
         None => Some(Netns::create()?),
         Some(_) => None,
     };
-    let mut links = vec![Link::Pv, Link::Ne2k];
+    let mut links: Vec<Link> = [Link::Pv, Link::Ne2k]
+        .into_iter()
+        .filter(|&l| wanted(l))
+        .collect();
     if netns.is_some() {
         links.push(Link::PvTap);
     }
