@@ -40,6 +40,7 @@ const GUESTS: &[&str] = &[
     "isolation",
     "netdemo",
     "netbench",
+    "netconformance",
 ];
 
 const USAGE: &str = "\
@@ -56,7 +57,8 @@ commands:
                              if missing) as its disk: it keeps a log of its runs there
   test                       build, `cargo test` (workspace default members), the SDK's
                              tests, and the conformance suite
-  conformance                build and run the ABI conformance suite; needs `0 failed`
+  conformance                build and run the ABI conformance suite, then the block and net
+                             protocol suites; needs `0 failed`
   bench hypercall            null hypercall vs bare port exit, start-up times
   bench interdomain          two domains: event round trip, ring throughput with and
                              without notification suppression, exits per message
@@ -571,16 +573,7 @@ fn parse_summary(line: &str) -> Option<(u64, u64)> {
 /// Runs the conformance suite as `examples/conformance.toml` describes it (the suite and its
 /// peer domain); requires the suite's `N passed, 0 failed` line and exit code 0.
 fn conformance() -> Result<()> {
-    let config = root().join("examples/conformance.toml");
-    // The config names guests under ../target/...; point it at this build's guest directory.
-    let text = std::fs::read_to_string(&config)
-        .map_err(|e| format!("{}: {e}", config.display()))?
-        .replace(
-            "\"../target/x86_64-unknown-none/release/",
-            &format!("\"{}/", guest_dir().display()),
-        );
-    let file = std::env::temp_dir().join(format!("xtask-conformance-{}.toml", std::process::id()));
-    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let file = example_copy("conformance.toml")?;
     let (status, lines) = capture(hv_config_command(&file, &[])?, true)?;
     let _ = std::fs::remove_file(&file);
     let summary = lines
@@ -602,6 +595,21 @@ fn conformance() -> Result<()> {
             block_conformance()
         }
     }
+}
+
+/// A copy of `examples/<name>` (in the temporary directory) whose guests, named under
+/// `../target/...`, point at this build's guest directory.
+fn example_copy(name: &str) -> Result<PathBuf> {
+    let config = root().join("examples").join(name);
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| format!("{}: {e}", config.display()))?
+        .replace(
+            "\"../target/x86_64-unknown-none/release/",
+            &format!("\"{}/", guest_dir().display()),
+        );
+    let file = std::env::temp_dir().join(format!("xtask-{}-{name}", std::process::id()));
+    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(file)
 }
 
 /// The block protocol's cases: the `blkconformance` guest, a raw frontend, against the hv's
@@ -636,6 +644,33 @@ fn block_conformance() -> Result<()> {
         )),
         Some((passed, _)) => {
             eprintln!("xtask: block conformance: {passed} passed, 0 failed");
+            net_conformance()
+        }
+    }
+}
+
+/// The net protocol's cases: the `netconformance` guest, a hostile vif frontend, against the
+/// hv's backend, with its peer domain on the same switch (`examples/netconformance.toml`).
+fn net_conformance() -> Result<()> {
+    let file = example_copy("netconformance.toml")?;
+    let (status, lines) = capture(hv_config_command(&file, &[])?, true)?;
+    let _ = std::fs::remove_file(&file);
+    let summary = lines
+        .iter()
+        .rev()
+        .find_map(|l| parse_summary(l.strip_prefix("[netconformance] ")?));
+    match summary {
+        None => Err(format!(
+            "the netconformance guest printed no `netconf: N passed, M failed` line ({})",
+            describe_status(status)
+        )),
+        Some((_, failed)) if failed > 0 => Err(format!("net conformance: {failed} case(s) failed")),
+        Some(_) if !status.success() => Err(format!(
+            "net conformance: all cases passed but hv ended with {}",
+            describe_status(status)
+        )),
+        Some((passed, _)) => {
+            eprintln!("xtask: net conformance: {passed} passed, 0 failed");
             Ok(())
         }
     }
@@ -1014,6 +1049,7 @@ mod tests {
             parse_summary("conformance: 3 passed, 1 failed"),
             Some((3, 1))
         );
+        assert_eq!(parse_summary("netconf: 45 passed, 0 failed"), Some((45, 0)));
         assert_eq!(parse_summary("PASS x"), None);
         assert_eq!(parse_summary("a b: 1 passed, 0 failed"), None);
     }
