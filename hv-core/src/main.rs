@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--disk PATH[,readonly]]...
-//!        [--net switch:NAME]... [--stats]
+//!        [--net switch:NAME]... [--emulated-net switch:NAME] [--stats]
 //! hv run --config DOMAINS.toml [--stats]
 //! ```
 //! The guest's console goes to stdout; `hv`'s own messages (one line each) to stderr. `hv`
@@ -75,6 +75,10 @@ enum Command {
         /// first interface), `switch:NAME`; repeat for more interfaces (vif/0, vif/1, ...).
         #[arg(long, value_name = "switch:NAME")]
         net: Vec<String>,
+        /// An emulated NE2000 network card (ports 0x300..=0x31F, full virtualization, for
+        /// comparisons) on the in-hv switch NAME, `switch:NAME`.
+        #[arg(long, value_name = "switch:NAME")]
+        emulated_net: Option<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         disk,
         ata_disk,
         net,
+        emulated_net,
         stats,
     } = cli.command;
     let specs = match (guest, config) {
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
             &disk,
             ata_disk.as_deref(),
             &net,
+            emulated_net.as_deref(),
         ),
         (None, None) => Err(HvError::BadArgument(
             "give a guest image or --config".into(),
@@ -169,6 +175,8 @@ fn main() -> ExitCode {
     }
 }
 
+// One parameter per command-line flag.
+#[allow(clippy::too_many_arguments)]
 fn single(
     guest: PathBuf,
     mem: &str,
@@ -177,8 +185,10 @@ fn single(
     disks: &[String],
     ata_disk: Option<&str>,
     nets: &[String],
+    emulated_net: Option<&str>,
 ) -> Result<Vec<DomainSpec>, HvError> {
     let nets = config::parse_nets(nets)?;
+    let emulated_net = emulated_net.map(config::parse_emulated_net).transpose()?;
     let disks = disks
         .iter()
         .map(|d| config::parse_disk(d))
@@ -200,6 +210,7 @@ fn single(
         disks,
         ata_disk,
         nets,
+        emulated_net,
     }])
 }
 
@@ -305,6 +316,7 @@ fn run(
                     },
                 })
                 .collect(),
+            emulated_net: spec.emulated_net.clone(),
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,
@@ -380,6 +392,7 @@ mod tests {
             disk,
             ata_disk,
             net,
+            emulated_net,
             ..
         } = cli.command;
         let guest = guest.ok_or_else(|| HvError::BadArgument("no guest".into()))?;
@@ -391,6 +404,7 @@ mod tests {
             &disk,
             ata_disk.as_deref(),
             &net,
+            emulated_net.as_deref(),
         )
     }
 
@@ -419,5 +433,28 @@ mod tests {
         );
         assert!(parse(&["hv", "run", "g.elf", "--net", "switch:"]).is_err());
         assert!(parse(&["hv", "run", "g.elf", "--net"]).is_err());
+    }
+
+    #[test]
+    fn emulated_net_flag() {
+        assert_eq!(
+            parse(&["hv", "run", "g.elf"]).unwrap()[0].emulated_net,
+            None
+        );
+        let specs = parse(&["hv", "run", "g.elf", "--emulated-net", "switch:lan"]).unwrap();
+        assert_eq!(specs[0].emulated_net.as_deref(), Some("lan"));
+        assert!(parse(&["hv", "run", "g.elf", "--emulated-net", "tap:tap0"]).is_err());
+        assert!(parse(&["hv", "run", "g.elf", "--emulated-net", "switch:"]).is_err());
+        // One card per domain: its ports are fixed.
+        assert!(parse(&[
+            "hv",
+            "run",
+            "g.elf",
+            "--emulated-net",
+            "switch:a",
+            "--emulated-net",
+            "switch:b"
+        ])
+        .is_err());
     }
 }

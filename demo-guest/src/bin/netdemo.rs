@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `role` | `server`, `client` | required: which end this domain is |
 //! | `timeout` | seconds | how long the whole exchange may take (default 60) |
+//! | `nic` | `pv`, `ne2k` | the paravirtual `vif/0` (default), or the hv's emulated NE2000 card (`hv --emulated-net`, driven by port I/O; see `examples/netdemo-ne2k.toml`) |
 //!
 //! - `server` (10.0.0.1/24) runs a TCP echo service on port 7 and a tiny HTTP server on
 //!   port 80 that answers `GET /` with a short page; it powers off with 0 once it has served
@@ -20,6 +21,7 @@
 
 extern crate alloc;
 
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -31,6 +33,10 @@ use pv_drivers::frontend::net::{self as vif, NetDevice};
 use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr};
+
+#[path = "../shared/ne2k.rs"]
+mod ne2k;
+use ne2k::Ne2k;
 
 guest_sdk::entry!(
     main,
@@ -54,22 +60,90 @@ const ECHO_MESSAGES: [&[u8]; 3] = [
 const PAGE: &str = "<html><body><h1>Hello from netdemo</h1>\
 <p>Served by a paravirtualized guest over smoltcp and a vif.</p></body></html>\n";
 
+/// What the demo needs from a network device besides smoltcp's `Device`.
+trait Nic: smoltcp::phy::Device {
+    /// Its name in messages.
+    const NAME: &'static str;
+    fn mac(&self) -> [u8; 6];
+    fn mtu(&self) -> usize;
+    fn interface(&mut self) -> Interface;
+    /// Waits for the network until `until` (fails the demo on a broken device).
+    fn wait_until(&mut self, until: u64);
+    /// The closing line's counters.
+    fn report(&self) -> String;
+}
+
+impl Nic for NetDevice {
+    const NAME: &'static str = "vif/0";
+    fn mac(&self) -> [u8; 6] {
+        NetDevice::mac(self)
+    }
+    fn mtu(&self) -> usize {
+        NetDevice::mtu(self) as usize
+    }
+    fn interface(&mut self) -> Interface {
+        NetDevice::interface(self)
+    }
+    fn wait_until(&mut self, until: u64) {
+        if let Err(e) = self.wait(until) {
+            fail(format_args!("vif/0: {e}"));
+        }
+    }
+    fn report(&self) -> String {
+        let st = self.stats();
+        alloc::format!(
+            "frames tx {} rx {}; notifications {}, blocks {}",
+            st.tx_frames,
+            st.rx_frames,
+            st.notifications,
+            st.blocks
+        )
+    }
+}
+
+impl Nic for Ne2k {
+    const NAME: &'static str = "ne2k";
+    fn mac(&self) -> [u8; 6] {
+        Ne2k::mac(self)
+    }
+    fn mtu(&self) -> usize {
+        ne2k::MAX_FRAME
+    }
+    fn interface(&mut self) -> Interface {
+        Ne2k::interface(self)
+    }
+    fn wait_until(&mut self, until: u64) {
+        self.wait(until);
+    }
+    fn report(&self) -> String {
+        let st = self.stats();
+        alloc::format!(
+            "frames tx {} rx {}; port I/O instructions: tx {} rx {} idle {}; errors tx {} rx {}, overruns {}",
+            st.tx_frames,
+            st.rx_frames,
+            st.tx_ios,
+            st.rx_ios,
+            st.idle_ios,
+            st.tx_errors,
+            st.rx_errors,
+            st.overruns
+        )
+    }
+}
+
 /// The interface, its device and its sockets.
-struct Net {
-    dev: NetDevice,
+struct Net<D: Nic> {
+    dev: D,
     iface: Interface,
     sockets: SocketSet<'static>,
 }
 
-impl Net {
-    fn open(ip: IpAddress) -> Net {
-        let mut dev = match NetDevice::open(0) {
-            Ok(d) => d,
-            Err(e) => fail(format_args!("cannot open vif/0: {e}")),
-        };
+impl<D: Nic> Net<D> {
+    fn open(mut dev: D, ip: IpAddress) -> Net<D> {
         let m = dev.mac();
         println!(
-            "netdemo: vif/0 up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {ip}/24",
+            "netdemo: {} up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {ip}/24",
+            D::NAME,
             m[0],
             m[1],
             m[2],
@@ -118,9 +192,7 @@ impl Net {
             .map(|d| d.total_micros() * 1000)
             .unwrap_or(u64::MAX);
         let until = deadline.min(now.saturating_add(delay.min(100 * NS_PER_MS)));
-        if let Err(e) = self.dev.wait(until) {
-            fail(format_args!("vif/0: {e}"));
-        }
+        self.dev.wait_until(until);
     }
 
     /// Steps until `done` says so or `deadline` passes (then fails with `what`).
@@ -128,7 +200,7 @@ impl Net {
         &mut self,
         deadline: u64,
         what: &str,
-        mut done: impl FnMut(&mut Net) -> Option<T>,
+        mut done: impl FnMut(&mut Net<D>) -> Option<T>,
     ) -> T {
         loop {
             if let Some(t) = done(self) {
@@ -157,10 +229,12 @@ fn fail(msg: core::fmt::Arguments<'_>) -> ! {
 
 fn main(si: &StartInfo) {
     let mut role = None;
+    let mut nic = "pv";
     let mut timeout_s = 60;
     for word in si.cmdline().split_whitespace() {
         match word.split_once('=') {
             Some(("role", r)) => role = Some(r),
+            Some(("nic", n)) => nic = n,
             Some(("timeout", t)) => match t.parse() {
                 Ok(t) => timeout_s = t,
                 Err(_) => fail(format_args!("bad timeout {t:?}")),
@@ -169,16 +243,34 @@ fn main(si: &StartInfo) {
         }
     }
     let deadline = time::monotonic_ns() + timeout_s * NS_PER_SEC;
-    match role {
-        Some("server") => server(deadline),
-        Some("client") => client(deadline),
+    let is_server = match role {
+        Some("server") => true,
+        Some("client") => false,
         _ => fail(format_args!("role=server or role=client is required")),
+    };
+    match nic {
+        "pv" => match NetDevice::open(0) {
+            Ok(d) => run(d, is_server, deadline),
+            Err(e) => fail(format_args!("cannot open vif/0: {e}")),
+        },
+        "ne2k" => match Ne2k::open() {
+            Ok(d) => run(d, is_server, deadline),
+            Err(e) => fail(format_args!("cannot open the ne2k card: {e}")),
+        },
+        _ => fail(format_args!("nic=pv or nic=ne2k")),
+    }
+}
+
+fn run<D: Nic>(dev: D, is_server: bool, deadline: u64) {
+    if is_server {
+        server(Net::open(dev, SERVER_IP), deadline)
+    } else {
+        client(Net::open(dev, CLIENT_IP), deadline)
     }
 }
 
 /// Echo on port 7, HTTP on port 80, until one of each has been served.
-fn server(deadline: u64) {
-    let mut net = Net::open(SERVER_IP);
+fn server<D: Nic>(mut net: Net<D>, deadline: u64) {
     let echo = net.tcp_socket();
     let http = net.tcp_socket();
     println!("netdemo: server listening on tcp/{ECHO_PORT} (echo) and tcp/{HTTP_PORT} (http)");
@@ -260,11 +352,9 @@ fn server(deadline: u64) {
         net.step(deadline);
     }
     net.linger(500 * NS_PER_MS);
-    let st = net.dev.stats();
     println!(
-        "netdemo: server done: {http_served} http request(s), {echo_conns} echo session(s); \
-         frames tx {} rx {}",
-        st.tx_frames, st.rx_frames
+        "netdemo: server done: {http_served} http request(s), {echo_conns} echo session(s); {}",
+        net.dev.report()
     );
 }
 
@@ -278,8 +368,7 @@ fn first_line(b: &[u8]) -> &str {
 }
 
 /// Ping, fetch the page, talk to the echo service.
-fn client(deadline: u64) {
-    let mut net = Net::open(CLIENT_IP);
+fn client<D: Nic>(mut net: Net<D>, deadline: u64) {
     ping(&mut net, deadline);
     let page = fetch(&mut net, deadline);
     let line = first_line(&page);
@@ -290,10 +379,11 @@ fn client(deadline: u64) {
     echo(&mut net, deadline);
     println!("netdemo: echo ok");
     net.linger(300 * NS_PER_MS);
+    println!("netdemo: client done; {}", net.dev.report());
 }
 
 /// Pings the server until each of [`PINGS`] sequence numbers has been answered.
-fn ping(net: &mut Net, deadline: u64) {
+fn ping<D: Nic>(net: &mut Net<D>, deadline: u64) {
     let ident = 0x6e64;
     let mut s = icmp::Socket::new(
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
@@ -351,7 +441,7 @@ fn ping(net: &mut Net, deadline: u64) {
 
 /// Connects a new TCP socket to `port` of the server, retrying while the server is not
 /// listening yet.
-fn connect(net: &mut Net, port: u16, local: &mut u16, deadline: u64) -> SocketHandle {
+fn connect<D: Nic>(net: &mut Net<D>, port: u16, local: &mut u16, deadline: u64) -> SocketHandle {
     let h = net.tcp_socket();
     let mut started = false;
     net.until(deadline, "tcp connect", |net| {
@@ -380,7 +470,7 @@ fn connect(net: &mut Net, port: u16, local: &mut u16, deadline: u64) -> SocketHa
 }
 
 /// `GET /` from the server; returns the whole response.
-fn fetch(net: &mut Net, deadline: u64) -> Vec<u8> {
+fn fetch<D: Nic>(net: &mut Net<D>, deadline: u64) -> Vec<u8> {
     let mut local = 49_152;
     let h = connect(net, HTTP_PORT, &mut local, deadline);
     let req = b"GET / HTTP/1.0\r\nHost: 10.0.0.1\r\nUser-Agent: netdemo\r\n\r\n";
@@ -409,7 +499,7 @@ fn fetch(net: &mut Net, deadline: u64) -> Vec<u8> {
 }
 
 /// Sends [`ECHO_MESSAGES`] one at a time to the echo service and checks each answer.
-fn echo(net: &mut Net, deadline: u64) {
+fn echo<D: Nic>(net: &mut Net<D>, deadline: u64) {
     let mut local = 50_152;
     let h = connect(net, ECHO_PORT, &mut local, deadline);
     let mut buf = [0u8; 256];
