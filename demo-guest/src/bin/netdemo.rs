@@ -6,7 +6,7 @@
 //!
 //! | key | values | meaning |
 //! | --- | --- | --- |
-//! | `role` | `server`, `client` | required: which end this domain is |
+//! | `role` | `server`, `client`, `blast`, `sink` | required: which end this domain is |
 //! | `timeout` | seconds | how long the whole exchange may take (default 60) |
 //! | `nic` | `pv`, `ne2k` | the paravirtual `vif/0` (default), or the hv's emulated NE2000 card (`hv --emulated-net`, driven by port I/O; see `examples/netdemo-ne2k.toml`) |
 //!
@@ -16,6 +16,11 @@
 //! - `client` (10.0.0.2/24) pings the server (ICMP echo), fetches `http://10.0.0.1/`, prints
 //!   `netdemo: fetched N bytes: <first line>`, sends a few messages to the echo service and
 //!   checks the answers, prints `netdemo: echo ok` and powers off with 0 (1 on any failure).
+//! - `blast` and `sink` measure raw frames (no TCP/IP): `blast` waits half a second, sends
+//!   `count=N` (default 10000) broadcast frames of `size=BYTES` (default 60) with ethertype
+//!   `0x88B5`, then end markers, and prints its rate; `sink` counts such frames until the
+//!   marker, `count` of them, or the deadline, and prints how many it got and at what rate.
+//!   With `hv --stats`, comparing runs of two counts gives exits per frame.
 #![no_std]
 #![no_main]
 
@@ -71,6 +76,10 @@ trait Nic: smoltcp::phy::Device {
     fn wait_until(&mut self, until: u64);
     /// The closing line's counters.
     fn report(&self) -> String;
+    /// Sends a raw frame; `false` if there is no room now.
+    fn send_frame(&mut self, frame: &[u8]) -> bool;
+    /// The next raw frame, copied into `buf`.
+    fn recv_frame(&mut self, buf: &mut [u8]) -> Option<usize>;
 }
 
 impl Nic for NetDevice {
@@ -98,6 +107,15 @@ impl Nic for NetDevice {
             st.notifications,
             st.blocks
         )
+    }
+    fn send_frame(&mut self, frame: &[u8]) -> bool {
+        self.send(frame).is_ok()
+    }
+    fn recv_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.recv(buf) {
+            Ok(n) => n,
+            Err(e) => fail(format_args!("vif/0: {e}")),
+        }
     }
 }
 
@@ -128,6 +146,12 @@ impl Nic for Ne2k {
             st.rx_errors,
             st.overruns
         )
+    }
+    fn send_frame(&mut self, frame: &[u8]) -> bool {
+        self.send(frame).is_ok()
+    }
+    fn recv_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.recv(buf)
     }
 }
 
@@ -231,6 +255,7 @@ fn main(si: &StartInfo) {
     let mut role = None;
     let mut nic = "pv";
     let mut timeout_s = 60;
+    let (mut count, mut size) = (10_000u64, 60usize);
     for word in si.cmdline().split_whitespace() {
         match word.split_once('=') {
             Some(("role", r)) => role = Some(r),
@@ -239,34 +264,132 @@ fn main(si: &StartInfo) {
                 Ok(t) => timeout_s = t,
                 Err(_) => fail(format_args!("bad timeout {t:?}")),
             },
+            Some(("count", n)) => match n.parse() {
+                Ok(n) => count = n,
+                Err(_) => fail(format_args!("bad count {n:?}")),
+            },
+            Some(("size", n)) => match n.parse::<usize>() {
+                Ok(n) => size = n.clamp(60, ne2k::MAX_FRAME),
+                Err(_) => fail(format_args!("bad size {n:?}")),
+            },
             _ => fail(format_args!("unknown option {word:?}")),
         }
     }
     let deadline = time::monotonic_ns() + timeout_s * NS_PER_SEC;
-    let is_server = match role {
-        Some("server") => true,
-        Some("client") => false,
-        _ => fail(format_args!("role=server or role=client is required")),
+    let role = match role {
+        Some("server") => Role::Server,
+        Some("client") => Role::Client,
+        Some("blast") => Role::Blast { count, size },
+        Some("sink") => Role::Sink { count },
+        _ => fail(format_args!(
+            "role=server, role=client, role=blast or role=sink is required"
+        )),
     };
     match nic {
         "pv" => match NetDevice::open(0) {
-            Ok(d) => run(d, is_server, deadline),
+            Ok(d) => run(d, role, deadline),
             Err(e) => fail(format_args!("cannot open vif/0: {e}")),
         },
         "ne2k" => match Ne2k::open() {
-            Ok(d) => run(d, is_server, deadline),
+            Ok(d) => run(d, role, deadline),
             Err(e) => fail(format_args!("cannot open the ne2k card: {e}")),
         },
         _ => fail(format_args!("nic=pv or nic=ne2k")),
     }
 }
 
-fn run<D: Nic>(dev: D, is_server: bool, deadline: u64) {
-    if is_server {
-        server(Net::open(dev, SERVER_IP), deadline)
-    } else {
-        client(Net::open(dev, CLIENT_IP), deadline)
+#[derive(Clone, Copy)]
+enum Role {
+    Server,
+    Client,
+    Blast { count: u64, size: usize },
+    Sink { count: u64 },
+}
+
+fn run<D: Nic>(dev: D, role: Role, deadline: u64) {
+    match role {
+        Role::Server => server(Net::open(dev, SERVER_IP), deadline),
+        Role::Client => client(Net::open(dev, CLIENT_IP), deadline),
+        Role::Blast { count, size } => blast(dev, count, size, deadline),
+        Role::Sink { count } => sink(dev, count, deadline),
     }
+}
+
+/// The ethertype of `blast`'s frames (IEEE local experimental).
+const BLAST_TYPE: [u8; 2] = [0x88, 0xb5];
+/// The sequence number of the end marker.
+const BLAST_END: u64 = u64::MAX;
+
+fn rate(frames: u64, ns: u64) -> u64 {
+    frames.saturating_mul(NS_PER_SEC) / ns.max(1)
+}
+
+/// Sends `count` raw broadcast frames of `size` bytes as fast as the device takes them.
+fn blast<D: Nic>(mut dev: D, count: u64, size: usize, deadline: u64) {
+    time::sleep(500 * NS_PER_MS);
+    let mut f = vec![0u8; size];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&dev.mac());
+    f[12..14].copy_from_slice(&BLAST_TYPE);
+    let start = time::monotonic_ns();
+    let mut sent = 0;
+    while sent < count {
+        f[14..22].copy_from_slice(&sent.to_le_bytes());
+        if dev.send_frame(&f) {
+            sent += 1;
+        } else if time::monotonic_ns() >= deadline {
+            fail(format_args!("blast: deadline after {sent} frames"));
+        } else {
+            dev.wait_until(time::monotonic_ns() + NS_PER_MS);
+        }
+    }
+    let ns = time::monotonic_ns() - start;
+    f[14..22].copy_from_slice(&BLAST_END.to_le_bytes());
+    for _ in 0..3 {
+        time::sleep(20 * NS_PER_MS);
+        let _ = dev.send_frame(&f);
+    }
+    println!(
+        "netdemo: blast: sent {sent} frames of {size} bytes in {} us: {} frames/s; {}",
+        ns / 1000,
+        rate(sent, ns),
+        dev.report()
+    );
+}
+
+/// Counts `blast`'s frames until its end marker, `count` of them, or the deadline.
+fn sink<D: Nic>(mut dev: D, count: u64, deadline: u64) {
+    let mut buf = [0u8; ne2k::MAX_FRAME + 2];
+    let (mut got, mut bytes, mut first, mut last) = (0u64, 0u64, 0u64, 0u64);
+    println!("netdemo: sink: waiting for {count} frames");
+    while got < count {
+        let Some(n) = dev.recv_frame(&mut buf) else {
+            let now = time::monotonic_ns();
+            if now >= deadline {
+                break;
+            }
+            dev.wait_until(deadline.min(now + 100 * NS_PER_MS));
+            continue;
+        };
+        if n < 22 || buf[12..14] != BLAST_TYPE {
+            continue;
+        }
+        if buf[14..22] == BLAST_END.to_le_bytes() {
+            break;
+        }
+        last = time::monotonic_ns();
+        if got == 0 {
+            first = last;
+        }
+        got += 1;
+        bytes += n as u64;
+    }
+    println!(
+        "netdemo: sink: got {got} of {count} frames ({bytes} bytes) in {} us: {} frames/s; {}",
+        (last - first) / 1000,
+        rate(got.saturating_sub(1), last - first),
+        dev.report()
+    );
 }
 
 /// Echo on port 7, HTTP on port 80, until one of each has been served.
