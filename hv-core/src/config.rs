@@ -11,6 +11,7 @@
 //! disks = ["disk.img", "ro.img,readonly"]   # optional; relative to this file
 //! nets = ["switch:lan"]         # optional; vif/0, vif/1, ... on in-hv switches, or host
 //!                               # TAPs: "tap:hv0,host=10.77.0.1/24"
+//! emulated_net = "switch:lan"   # optional; an emulated NE2000 card (ports 0x300..=0x31F)
 //!
 //! [[domain]]
 //! name = "pong"
@@ -154,6 +155,22 @@ pub fn parse_net(text: &str) -> Result<NetSpec, HvError> {
     }
 }
 
+/// Parses `--emulated-net switch:NAME`: the switch the domain's emulated NE2000 card is a port
+/// of (it connects to nothing else).
+pub fn parse_emulated_net(text: &str) -> Result<String, HvError> {
+    let spec = parse_net(text).map_err(|e| match e {
+        HvError::BadArgument(m) => HvError::BadArgument(m.replacen("--net", "--emulated-net", 1)),
+        other => other,
+    })?;
+    // The card is a port of a switch only (no TAP uplink).
+    match spec {
+        NetSpec::Switch(name) => Ok(name),
+        NetSpec::Tap { .. } => Err(HvError::BadArgument(format!(
+            "--emulated-net {text:?}: the emulated card connects only to a switch (switch:NAME)"
+        ))),
+    }
+}
+
 /// Parses a domain's interfaces (at most [`MAX_NETS`]).
 pub fn parse_nets<S: AsRef<str>>(texts: &[S]) -> Result<Vec<NetSpec>, HvError> {
     if texts.len() > MAX_NETS {
@@ -184,6 +201,8 @@ pub struct DomainSpec {
     pub ata_disk: Option<DiskSpec>,
     /// Network interfaces, in order (device numbers 0, 1, ...).
     pub nets: Vec<NetSpec>,
+    /// The switch of an emulated NE2000 card.
+    pub emulated_net: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +224,7 @@ struct Entry {
     ata_disk: Option<String>,
     #[serde(default)]
     nets: Vec<String>,
+    emulated_net: Option<String>,
 }
 
 /// Parses and checks `--mem`.
@@ -302,6 +322,12 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
             }
         };
         let nets = parse_nets(&e.nets).map_err(ctx)?;
+        let emulated_net = e
+            .emulated_net
+            .as_deref()
+            .map(parse_emulated_net)
+            .transpose()
+            .map_err(ctx)?;
         specs.push(DomainSpec {
             name: e.name,
             kernel: base.join(e.kernel),
@@ -311,6 +337,7 @@ pub fn load(path: &Path) -> Result<Vec<DomainSpec>, HvError> {
             disks,
             ata_disk,
             nets,
+            emulated_net,
         });
     }
     Ok(specs)
@@ -476,6 +503,35 @@ mod tests {
         for bad in [
             "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = [\"tap:sixteen_chars_xy\"]\n",
             "[[domain]]\nname = \"a\"\nkernel = \"k\"\nnets = \"switch:lan\"\n",
+        ] {
+            assert!(
+                matches!(load_str(bad), Err(HvError::BadConfig { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn emulated_net() {
+        assert_eq!(parse_emulated_net("switch:lan").unwrap(), "lan");
+        for bad in ["switch:", "lan", "tap:tap0", "switch:a b"] {
+            let e = parse_emulated_net(bad).unwrap_err();
+            assert!(matches!(e, HvError::BadArgument(_)), "{bad:?}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        assert!(parse_emulated_net("switch:")
+            .unwrap_err()
+            .to_string()
+            .contains("--emulated-net"));
+        let specs = load_str(
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nemulated_net = \"switch:lan\"\n[[domain]]\nname = \"b\"\nkernel = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(specs[0].emulated_net.as_deref(), Some("lan"));
+        assert_eq!(specs[1].emulated_net, None);
+        for bad in [
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nemulated_net = \"switch:\"\n",
+            "[[domain]]\nname = \"a\"\nkernel = \"k\"\nemulated_net = [\"switch:a\", \"switch:b\"]\n",
         ] {
             assert!(
                 matches!(load_str(bad), Err(HvError::BadConfig { .. })),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! hv run GUEST.elf [--mem SIZE] [--vcpus N] [--cmdline STR] [--disk PATH[,readonly]]...
-//!        [--net switch:NAME|tap:NAME[,host=A.B.C.D/P]]... [--stats]
+//!        [--net switch:NAME|tap:NAME[,host=A.B.C.D/P]]... [--emulated-net switch:NAME] [--stats]
 //! hv run --config DOMAINS.toml [--stats]
 //! ```
 //! The guest's console goes to stdout; `hv`'s own messages (one line each) to stderr. `hv`
@@ -79,6 +79,10 @@ enum Command {
         /// vif/1, ...).
         #[arg(long, value_name = "switch:NAME|tap:NAME[,host=A.B.C.D/P]")]
         net: Vec<String>,
+        /// An emulated NE2000 network card (ports 0x300..=0x31F, full virtualization, for
+        /// comparisons) on the in-hv switch NAME, `switch:NAME`.
+        #[arg(long, value_name = "switch:NAME")]
+        emulated_net: Option<String>,
         /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
         #[arg(long)]
         stats: bool,
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
         disk,
         ata_disk,
         net,
+        emulated_net,
         stats,
     } = cli.command;
     let specs = match (guest, config) {
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
             &disk,
             ata_disk.as_deref(),
             &net,
+            emulated_net.as_deref(),
         ),
         (None, None) => Err(HvError::BadArgument(
             "give a guest image or --config".into(),
@@ -173,6 +179,8 @@ fn main() -> ExitCode {
     }
 }
 
+// One parameter per command-line flag.
+#[allow(clippy::too_many_arguments)]
 fn single(
     guest: PathBuf,
     mem: &str,
@@ -181,8 +189,10 @@ fn single(
     disks: &[String],
     ata_disk: Option<&str>,
     nets: &[String],
+    emulated_net: Option<&str>,
 ) -> Result<Vec<DomainSpec>, HvError> {
     let nets = config::parse_nets(nets)?;
+    let emulated_net = emulated_net.map(config::parse_emulated_net).transpose()?;
     let disks = disks
         .iter()
         .map(|d| config::parse_disk(d))
@@ -204,6 +214,7 @@ fn single(
         disks,
         ata_disk,
         nets,
+        emulated_net,
     }])
 }
 
@@ -303,6 +314,7 @@ fn run(
             disks,
             ata_disk,
             nets,
+            emulated_net: spec.emulated_net.clone(),
         };
         let running = match start_domain(&kvm, clock, &registry, (i + 1) as u16, cfg, sink) {
             Ok(r) => r,
@@ -400,6 +412,7 @@ mod tests {
             disk,
             ata_disk,
             net,
+            emulated_net,
             ..
         } = cli.command;
         let guest = guest.ok_or_else(|| HvError::BadArgument("no guest".into()))?;
@@ -411,6 +424,7 @@ mod tests {
             &disk,
             ata_disk.as_deref(),
             &net,
+            emulated_net.as_deref(),
         )
     }
 
@@ -452,5 +466,28 @@ mod tests {
         assert!(long.to_string().contains("1 to 15"), "{long}");
         assert!(parse(&["hv", "run", "g.elf", "--net", "switch:"]).is_err());
         assert!(parse(&["hv", "run", "g.elf", "--net"]).is_err());
+    }
+
+    #[test]
+    fn emulated_net_flag() {
+        assert_eq!(
+            parse(&["hv", "run", "g.elf"]).unwrap()[0].emulated_net,
+            None
+        );
+        let specs = parse(&["hv", "run", "g.elf", "--emulated-net", "switch:lan"]).unwrap();
+        assert_eq!(specs[0].emulated_net.as_deref(), Some("lan"));
+        assert!(parse(&["hv", "run", "g.elf", "--emulated-net", "tap:tap0"]).is_err());
+        assert!(parse(&["hv", "run", "g.elf", "--emulated-net", "switch:"]).is_err());
+        // One card per domain: its ports are fixed.
+        assert!(parse(&[
+            "hv",
+            "run",
+            "g.elf",
+            "--emulated-net",
+            "switch:a",
+            "--emulated-net",
+            "switch:b"
+        ])
+        .is_err());
     }
 }

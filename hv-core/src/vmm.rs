@@ -47,6 +47,8 @@ pub struct DomainConfig {
     pub nets: Vec<crate::netback::NetDevice>,
     /// An emulated ATA disk (full virtualization, for comparison).
     pub ata_disk: Option<crate::devices::AtaDisk>,
+    /// The switch of an emulated NE2000 card (full virtualization, for comparison).
+    pub emulated_net: Option<String>,
 }
 
 /// The hv-owned tables of a domain (IDT, grant-window page table), written in its hv region.
@@ -145,12 +147,18 @@ pub fn start_domain(
             .map_err(|_| internal("loading the image")("segment outside RAM".into()))?;
     }
 
-    // Emulated devices: a 16550 UART always, an ATA disk when asked for.
+    // Emulated devices: a 16550 UART always, an ATA disk and an NE2000 card when asked for.
+    // The card's switch port lives as long as the bus (until every vCPU thread has ended).
     let mut bus = PortBus::new();
     let dev_err = |e: crate::devices::DeviceError| internal("emulated devices")(e.to_string());
     bus.add(Box::new(Uart16550::new(sink()))).map_err(dev_err)?;
     if let Some(ata) = cfg.ata_disk {
         bus.add(Box::new(ata)).map_err(dev_err)?;
+    }
+    if let Some(switch) = &cfg.emulated_net {
+        let uplink = crate::devices::SwitchUplink::attach(Arc::clone(registry), switch);
+        let card = crate::devices::Ne2k::new(crate::devices::ne2k::mac_for(id), Box::new(uplink));
+        bus.add(Box::new(card)).map_err(dev_err)?;
     }
     let io_ports: Vec<u16> = [HYPERCALL_PORT, PING_PORT]
         .into_iter()

@@ -2,7 +2,8 @@
 //! (`examples/isolation.toml`: an attacker domain tries to reach a victim's memory through every
 //! hypercall that takes an address or a grant), the conformance suite with its peer domain
 //! (`examples/conformance.toml`), and two guests talking TCP/IP over an in-hv switch
-//! (`examples/netdemo.toml`).
+//! (`examples/netdemo.toml`, and `examples/netdemo-ne2k.toml` with the client on the emulated
+//! NE2000 card).
 //!
 //! Guests come from `HV_GUEST_DIR` (set by `cargo xtask test`), or
 //! `target/x86_64-unknown-none/release`; each example's kernel paths are rewritten to that
@@ -79,4 +80,36 @@ fn two_guests_ping_and_talk_tcp_over_the_switch() {
         "HTTP over TCP"
     );
     assert!(client("netdemo: echo ok"), "TCP echo");
+}
+
+#[test]
+fn a_pv_guest_and_an_emulated_nic_guest_talk_tcp_over_the_switch() {
+    let Some(file) = config("netdemo-ne2k.toml", "netdemo") else {
+        return;
+    };
+    let r = hv_config(&file);
+    assert_eq!(r.code, 0, "both domains power off with 0");
+    let line = |domain: &str, needle: &str| {
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("[{domain}] ")) && l.contains(needle))
+    };
+    assert!(
+        line("client", "netdemo: ne2k up: mac 02:00:00:ff:02:00"),
+        "the client runs on the emulated card, with its own MAC"
+    );
+    assert!(line("server", "netdemo: vif/0 up"), "the server on a vif");
+    assert!(
+        line("client", "netdemo: ping 10.0.0.1: seq 3: reply in"),
+        "ICMP echo answered"
+    );
+    assert!(
+        line("client", "netdemo: fetched") && line("client", "HTTP/1.0 200 OK"),
+        "HTTP over TCP"
+    );
+    assert!(line("client", "netdemo: echo ok"), "TCP echo");
+    assert!(
+        line("client", "errors tx 0 rx 0, overruns 0"),
+        "no frame lost on the card"
+    );
 }

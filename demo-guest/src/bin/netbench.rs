@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `role` | `sink`, `source` | required: the sink answers, the source drives and times |
 //! | `test` | `tcp`, `udp`, `rtt`, `none` | required: what to measure (`none`: connect only) |
-//! | `nic` | `pv` | the interface: the paravirtual `vif/0` |
+//! | `nic` | `pv`, `ne2k` | the paravirtual `vif/0` (default), or the hv's emulated NE2000 card (`hv --emulated-net`) |
 //! | `ip` | `A.B.C.D` | this guest's address (a /24) |
 //! | `peer` | `A.B.C.D` | source only: the sink's address |
 //! | `bytes` | count | `tcp`: bytes to send (default 16 MiB) |
@@ -44,6 +44,13 @@ use guest_sdk::time::{self, NS_PER_MS, NS_PER_SEC};
 use guest_sdk::{println, sched, StartInfo};
 use pv_drivers::frontend::net::smoltcp;
 use pv_drivers::frontend::net::{self as vif, NetDevice};
+
+#[path = "../shared/ne2k.rs"]
+mod ne2k;
+#[path = "../shared/nic.rs"]
+mod nic;
+use ne2k::Ne2k;
+use nic::Nic;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint, Ipv4Address};
@@ -72,56 +79,21 @@ fn fail(msg: core::fmt::Arguments<'_>) -> ! {
     sched::exit(1)
 }
 
-/// A network interface netbench can run on.
-trait Link: smoltcp::phy::Device + Sized {
-    /// Opens the interface (or fails the run).
-    fn open() -> Self;
-    /// A smoltcp interface on it, with its MAC address.
-    fn interface(&mut self) -> Interface;
-    /// Waits until a frame may have arrived, or until `until` (system time).
-    fn wait(&mut self, until: u64);
-    /// Frames sent and received so far.
-    fn frames(&self) -> (u64, u64);
-}
-
-impl Link for NetDevice {
-    fn open() -> Self {
-        let dev = NetDevice::open(0).unwrap_or_else(|e| fail(format_args!("vif/0: {e}")));
-        println!("netbench: vif/0 (pv) up, mtu {}", dev.mtu());
-        dev
-    }
-
-    fn interface(&mut self) -> Interface {
-        NetDevice::interface(self)
-    }
-
-    fn wait(&mut self, until: u64) {
-        if let Err(e) = NetDevice::wait(self, until) {
-            fail(format_args!("vif/0: {e}"));
-        }
-    }
-
-    fn frames(&self) -> (u64, u64) {
-        let s = self.stats();
-        (s.tx_frames, s.rx_frames)
-    }
-}
-
 /// One interface and the smoltcp state on it.
-struct Net<D: Link> {
+struct Net<D: Nic> {
     dev: D,
     iface: Interface,
     sockets: SocketSet<'static>,
 }
 
-impl<D: Link> Net<D> {
+impl<D: Nic> Net<D> {
     fn open(ip: Ipv4Address) -> Self {
-        let mut dev = D::open();
+        let mut dev = D::open().unwrap_or_else(|e| fail(format_args!("{e}")));
         let mut iface = dev.interface();
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), 24));
         });
-        println!("netbench: ip {ip}/24");
+        println!("netbench: {} up, mtu {}, ip {ip}/24", D::NAME, dev.mtu());
         Net {
             dev,
             iface,
@@ -146,7 +118,9 @@ impl<D: Link> Net<D> {
         let until = until
             .min(deadline)
             .min(now.saturating_add(delay.min(50 * NS_PER_MS)));
-        self.dev.wait(until);
+        if let Err(e) = self.dev.wait_until(until) {
+            fail(format_args!("{e}"));
+        }
     }
 
     /// Runs the stack once; whether anything moved.
@@ -191,8 +165,12 @@ impl<D: Link> Net<D> {
         let end = time::monotonic_ns() + ns;
         while time::monotonic_ns() < end {
             if !self.poll() {
-                self.dev
-                    .wait(end.min(time::monotonic_ns() + 10 * NS_PER_MS));
+                if let Err(e) = self
+                    .dev
+                    .wait_until(end.min(time::monotonic_ns() + 10 * NS_PER_MS))
+                {
+                    fail(format_args!("{e}"));
+                }
             }
         }
     }
@@ -215,9 +193,11 @@ struct Opts {
     deadline: u64,
 }
 
+/// Which card `nic=` names.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Nic {
+enum Card {
     Pv,
+    Ne2k,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -251,7 +231,7 @@ fn parse_num(k: &str, v: &str) -> u64 {
 fn main(si: &StartInfo) {
     let mut role = None;
     let mut test = None;
-    let mut nic = Nic::Pv;
+    let mut nic = Card::Pv;
     let mut o = Opts {
         test: Test::None,
         ip: Ipv4Address::new(10, 0, 0, 1),
@@ -274,8 +254,9 @@ fn main(si: &StartInfo) {
                     _ => fail(format_args!("unknown test {t:?}")),
                 })
             }
-            Some(("nic", "pv")) => nic = Nic::Pv,
-            Some(("nic", v)) => fail(format_args!("unknown nic {v:?} (known: pv)")),
+            Some(("nic", "pv")) => nic = Card::Pv,
+            Some(("nic", "ne2k")) => nic = Card::Ne2k,
+            Some(("nic", v)) => fail(format_args!("unknown nic {v:?} (known: pv, ne2k)")),
             Some(("ip", v)) => o.ip = parse_ip(v),
             Some(("peer", v)) => o.peer = Some(parse_ip(v)),
             Some(("bytes", v)) => o.bytes = parse_num("bytes", v),
@@ -292,14 +273,16 @@ fn main(si: &StartInfo) {
     }
     o.deadline = time::monotonic_ns() + o.deadline * NS_PER_SEC;
     match (role, nic) {
-        (Some("sink"), Nic::Pv) => sink::<NetDevice>(&o),
-        (Some("source"), Nic::Pv) => source::<NetDevice>(&o),
+        (Some("sink"), Card::Pv) => sink::<NetDevice>(&o),
+        (Some("source"), Card::Pv) => source::<NetDevice>(&o),
+        (Some("sink"), Card::Ne2k) => sink::<Ne2k>(&o),
+        (Some("source"), Card::Ne2k) => source::<Ne2k>(&o),
         _ => fail(format_args!("role=sink or role=source is required")),
     }
 }
 
 /// Answers echoes, takes TCP data and counts datagrams until told to quit.
-fn sink<D: Link>(o: &Opts) {
+fn sink<D: Nic>(o: &Opts) {
     let mut net = Net::<D>::open(o.ip);
     let echo = net.udp(ECHO_PORT, 64);
     let count = net.udp(UDP_PORT, 512);
@@ -377,7 +360,7 @@ fn sink<D: Link>(o: &Opts) {
 
 /// Sends one echo datagram and waits (at most `wait_ns`) for it to come back; the round
 /// trip, or `None`.
-fn round_trip<D: Link>(
+fn round_trip<D: Nic>(
     net: &mut Net<D>,
     h: SocketHandle,
     to: IpEndpoint,
@@ -405,7 +388,7 @@ fn round_trip<D: Link>(
 }
 
 /// Drives one test against the sink at `peer`.
-fn source<D: Link>(o: &Opts) {
+fn source<D: Nic>(o: &Opts) {
     let peer = o
         .peer
         .unwrap_or_else(|| fail(format_args!("peer= is required")));
@@ -441,7 +424,7 @@ fn source<D: Link>(o: &Opts) {
     net.report_frames();
 }
 
-fn tcp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
+fn tcp_send<D: Nic>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     let h = net.tcp_socket();
     let cx = net.iface.context();
     let s = net.sockets.get_mut::<tcp::Socket>(h);
@@ -493,7 +476,7 @@ fn tcp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     println!("bench tcp_tx bytes={sent} ns={ns}");
 }
 
-fn udp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
+fn udp_send<D: Nic>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     let h = net.udp(49_600, 256);
     let to = IpEndpoint::new(IpAddress::Ipv4(peer), UDP_PORT);
     let mut payload = vec![0u8; o.size];
@@ -518,7 +501,7 @@ fn udp_send<D: Link>(net: &mut Net<D>, peer: Ipv4Address, o: &Opts) {
     println!("bench udp_tx packets={sent} ns={ns}");
 }
 
-fn rtt<D: Link>(net: &mut Net<D>, h: SocketHandle, to: IpEndpoint, o: &Opts) {
+fn rtt<D: Nic>(net: &mut Net<D>, h: SocketHandle, to: IpEndpoint, o: &Opts) {
     let mut samples = Vec::with_capacity(o.count as usize);
     let mut lost = 0u64;
     for seq in 0..o.count {

@@ -12,6 +12,7 @@
 //! | `ip` | `A.B.C.D/P` | this domain's address (default 10.0.0.1/24 for the server, 10.0.0.2/24 for the client) |
 //! | `requests` | a count, or `forever` | server: power off after this many HTTP requests (no echo session needed), or never |
 //! | `timeout` | seconds | how long the whole exchange may take (default 60; none with `requests=`) |
+//! | `nic` | `pv`, `ne2k` | the paravirtual `vif/0` (default), or the hv's emulated NE2000 card (`hv --emulated-net`, driven by port I/O; see `examples/netdemo-ne2k.toml`) |
 //!
 //! - `server` runs a TCP echo service on port 7 and a tiny HTTP server on port 80 that answers
 //!   `GET /` with a short page; it answers ping (smoltcp does). Without `requests=` it powers
@@ -36,6 +37,13 @@ use pv_drivers::frontend::net::{self as vif, NetDevice};
 use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address};
+
+#[path = "../shared/ne2k.rs"]
+mod ne2k;
+#[path = "../shared/nic.rs"]
+mod nic;
+use ne2k::Ne2k;
+use nic::Nic;
 
 guest_sdk::entry!(
     main,
@@ -62,21 +70,18 @@ const PAGE: &str = "<html><body><h1>Hello from netdemo</h1>\
 <p>Served by a paravirtualized guest over smoltcp and a vif.</p></body></html>\n";
 
 /// The interface, its device and its sockets.
-struct Net {
-    dev: NetDevice,
+struct Net<D: Nic> {
+    dev: D,
     iface: Interface,
     sockets: SocketSet<'static>,
 }
 
-impl Net {
-    fn open(cidr: IpCidr) -> Net {
-        let mut dev = match NetDevice::open(0) {
-            Ok(d) => d,
-            Err(e) => fail(format_args!("cannot open vif/0: {e}")),
-        };
+impl<D: Nic> Net<D> {
+    fn open(mut dev: D, cidr: IpCidr) -> Net<D> {
         let m = dev.mac();
         println!(
-            "netdemo: vif/0 up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {cidr}",
+            "netdemo: {} up: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}, ip {cidr}",
+            D::NAME,
             m[0],
             m[1],
             m[2],
@@ -125,8 +130,8 @@ impl Net {
             .map(|d| d.total_micros() * 1000)
             .unwrap_or(u64::MAX);
         let until = deadline.min(now.saturating_add(delay.min(100 * NS_PER_MS)));
-        if let Err(e) = self.dev.wait(until) {
-            fail(format_args!("vif/0: {e}"));
+        if let Err(e) = self.dev.wait_until(until) {
+            fail(format_args!("{e}"));
         }
     }
 
@@ -135,7 +140,7 @@ impl Net {
         &mut self,
         deadline: u64,
         what: &str,
-        mut done: impl FnMut(&mut Net) -> Option<T>,
+        mut done: impl FnMut(&mut Net<D>) -> Option<T>,
     ) -> T {
         loop {
             if let Some(t) = done(self) {
@@ -183,12 +188,14 @@ fn parse_cidr(text: &str) -> Option<IpCidr> {
 
 fn main(si: &StartInfo) {
     let mut role = None;
+    let mut nic = "pv";
     let mut timeout_s = None;
     let mut ip = None;
     let mut goal = Goal::Visit;
     for word in si.cmdline().split_whitespace() {
         match word.split_once('=') {
             Some(("role", r)) => role = Some(r),
+            Some(("nic", n)) => nic = n,
             Some(("timeout", t)) => match t.parse::<u64>() {
                 Ok(t) => timeout_s = Some(t),
                 Err(_) => fail(format_args!("bad timeout {t:?}")),
@@ -214,16 +221,34 @@ fn main(si: &StartInfo) {
     let deadline = timeout_s.map_or(u64::MAX, |t| {
         time::monotonic_ns().saturating_add(t.saturating_mul(NS_PER_SEC))
     });
-    match role {
-        Some("server") => server(ip.unwrap_or(IpCidr::new(SERVER_IP, PREFIX)), goal, deadline),
-        Some("client") => client(ip.unwrap_or(IpCidr::new(CLIENT_IP, PREFIX)), deadline),
+    let role = match role {
+        Some("server") => Role::Server(ip.unwrap_or(IpCidr::new(SERVER_IP, PREFIX)), goal),
+        Some("client") => Role::Client(ip.unwrap_or(IpCidr::new(CLIENT_IP, PREFIX))),
         _ => fail(format_args!("role=server or role=client is required")),
+    };
+    match nic {
+        "pv" => run::<NetDevice>(role, deadline),
+        "ne2k" => run::<Ne2k>(role, deadline),
+        _ => fail(format_args!("nic=pv or nic=ne2k")),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Server(IpCidr, Goal),
+    Client(IpCidr),
+}
+
+fn run<D: Nic>(role: Role, deadline: u64) {
+    let dev = D::open().unwrap_or_else(|e| fail(format_args!("{e}")));
+    match role {
+        Role::Server(cidr, goal) => server(Net::open(dev, cidr), cidr, goal, deadline),
+        Role::Client(cidr) => client(Net::open(dev, cidr), deadline),
     }
 }
 
 /// Echo on port 7, HTTP on port 80, until `goal` is reached.
-fn server(cidr: IpCidr, goal: Goal, deadline: u64) {
-    let mut net = Net::open(cidr);
+fn server<D: Nic>(mut net: Net<D>, cidr: IpCidr, goal: Goal, deadline: u64) {
     let echo = net.tcp_socket();
     let http = net.tcp_socket();
     println!(
@@ -313,11 +338,9 @@ fn server(cidr: IpCidr, goal: Goal, deadline: u64) {
         net.step(deadline);
     }
     net.linger(500 * NS_PER_MS);
-    let st = net.dev.stats();
     println!(
-        "netdemo: server done: {http_served} http request(s), {echo_conns} echo session(s); \
-         frames tx {} rx {}",
-        st.tx_frames, st.rx_frames
+        "netdemo: server done: {http_served} http request(s), {echo_conns} echo session(s); {}",
+        net.dev.report()
     );
 }
 
@@ -331,8 +354,7 @@ fn first_line(b: &[u8]) -> &str {
 }
 
 /// Ping, fetch the page, talk to the echo service.
-fn client(cidr: IpCidr, deadline: u64) {
-    let mut net = Net::open(cidr);
+fn client<D: Nic>(mut net: Net<D>, deadline: u64) {
     ping(&mut net, deadline);
     let page = fetch(&mut net, deadline);
     let line = first_line(&page);
@@ -343,10 +365,11 @@ fn client(cidr: IpCidr, deadline: u64) {
     echo(&mut net, deadline);
     println!("netdemo: echo ok");
     net.linger(300 * NS_PER_MS);
+    println!("netdemo: client done; {}", net.dev.report());
 }
 
 /// Pings the server until each of [`PINGS`] sequence numbers has been answered.
-fn ping(net: &mut Net, deadline: u64) {
+fn ping<D: Nic>(net: &mut Net<D>, deadline: u64) {
     let ident = 0x6e64;
     let mut s = icmp::Socket::new(
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
@@ -404,7 +427,7 @@ fn ping(net: &mut Net, deadline: u64) {
 
 /// Connects a new TCP socket to `port` of the server, retrying while the server is not
 /// listening yet.
-fn connect(net: &mut Net, port: u16, local: &mut u16, deadline: u64) -> SocketHandle {
+fn connect<D: Nic>(net: &mut Net<D>, port: u16, local: &mut u16, deadline: u64) -> SocketHandle {
     let h = net.tcp_socket();
     let mut started = false;
     net.until(deadline, "tcp connect", |net| {
@@ -433,7 +456,7 @@ fn connect(net: &mut Net, port: u16, local: &mut u16, deadline: u64) -> SocketHa
 }
 
 /// `GET /` from the server; returns the whole response.
-fn fetch(net: &mut Net, deadline: u64) -> Vec<u8> {
+fn fetch<D: Nic>(net: &mut Net<D>, deadline: u64) -> Vec<u8> {
     let mut local = 49_152;
     let h = connect(net, HTTP_PORT, &mut local, deadline);
     let req = b"GET / HTTP/1.0\r\nHost: 10.0.0.1\r\nUser-Agent: netdemo\r\n\r\n";
@@ -462,7 +485,7 @@ fn fetch(net: &mut Net, deadline: u64) -> Vec<u8> {
 }
 
 /// Sends [`ECHO_MESSAGES`] one at a time to the echo service and checks each answer.
-fn echo(net: &mut Net, deadline: u64) {
+fn echo<D: Nic>(net: &mut Net<D>, deadline: u64) {
     let mut local = 50_152;
     let h = connect(net, ECHO_PORT, &mut local, deadline);
     let mut buf = [0u8; 256];

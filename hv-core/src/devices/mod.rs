@@ -3,7 +3,9 @@
 //!
 //! - [`Uart16550`] — a 16550 UART (COM1, ports `0x3F8..=0x3FF`): one exit per byte;
 //! - [`AtaDisk`] — an ATA disk driven by PIO on the primary channel (`0x1F0..=0x1F7` and
-//!   `0x3F6`), backed by a raw image file.
+//!   `0x3F6`), backed by a raw image file;
+//! - [`Ne2k`] — an NE2000-compatible network card (`0x300..=0x31F`) on a port of an in-hv
+//!   switch.
 //!
 //! A [`PortBus`] routes port accesses to the devices that claim them. The run loop allows the
 //! bus's [`PortBus::ports`] in the guest's TSS I/O bitmap, then hands each port I/O exit for one
@@ -15,9 +17,11 @@
 //! are answered (reads with all ones) and reported as a [`DeviceError`] the caller may count
 //! or ignore.
 //!
-//! The devices deliver no interrupts: guests poll (the UART's LSR, the disk's status).
+//! The devices deliver no interrupts: guests poll (the UART's LSR, the disk's status, the
+//! card's ISR).
 
 pub mod ata;
+pub mod ne2k;
 pub mod uart;
 
 use std::collections::BTreeMap;
@@ -27,6 +31,7 @@ use thiserror::Error;
 use crate::kvm::{Exit, KvmError, Vcpu};
 
 pub use ata::{AtaDisk, DiskError, ATA_PRIMARY_BASE, ATA_PRIMARY_CTRL};
+pub use ne2k::{Ne2k, SwitchUplink, NE2K_BASE};
 pub use uart::{Uart16550, UartInput, COM1};
 
 /// A device on the port bus.
