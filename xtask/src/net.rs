@@ -189,7 +189,7 @@ impl Drop for Netns {
 
 /// Why the TAP rows cannot run here, if they cannot.
 fn tap_unavailable() -> Option<String> {
-    // SAFETY-free check: euid 0 is what creating namespaces and TAPs needs.
+    // Root (uid 0) is what creating a network namespace and a TAP needs.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -300,27 +300,8 @@ fn run_case(link: Link, test: Test, s: &Sizes, netns: Option<&Netns>) -> Result<
     };
     cmd.arg("run").arg("--config").arg(&file).arg("--stats");
     let out = cmd.output().map_err(|e| format!("cannot start hv: {e}"))?;
-    let mut bench: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut per_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in stdout.lines() {
-        if let Some((name, rest)) = l.strip_prefix('[').and_then(|l| l.split_once("] ")) {
-            per_domain
-                .entry(name.to_string())
-                .or_default()
-                .push(strip_domain_prefix(l).to_string());
-            let _ = rest;
-        } else {
-            // One domain: no prefix.
-            per_domain
-                .entry("source".to_string())
-                .or_default()
-                .push(l.to_string());
-        }
-    }
-    for (d, lines) in &per_domain {
-        bench.insert(d.clone(), parse_bench(lines));
-    }
+    let mut bench = bench_by_domain(&stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if let Some(mut child) = sink {
         let mut text = String::new();
@@ -346,6 +327,26 @@ fn run_case(link: Link, test: Test, s: &Sizes, netns: Option<&Netns>) -> Result<
         return Err("hv --stats printed no `stats for domain` lines".into());
     }
     Ok(RunOut { bench, exits })
+}
+
+/// The `bench` lines of an hv run's output, by domain (a line without a `[domain] ` prefix
+/// belongs to `source`, the only domain of a TAP run).
+fn bench_by_domain(stdout: &str) -> BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> {
+    let mut per_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in stdout.lines() {
+        let name = match l.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+            Some((name, _)) if !name.contains(' ') => name,
+            _ => "source",
+        };
+        per_domain
+            .entry(name.to_string())
+            .or_default()
+            .push(strip_domain_prefix(l).to_string());
+    }
+    per_domain
+        .into_iter()
+        .map(|(d, lines)| (d, parse_bench(&lines)))
+        .collect()
 }
 
 /// One table row.
@@ -659,4 +660,62 @@ pub fn net_sink() -> Result<()> {
     }
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stdout: &str, stderr: &str) -> RunOut {
+        RunOut {
+            bench: bench_by_domain(stdout),
+            exits: domain_exits(stderr),
+        }
+    }
+
+    #[test]
+    fn udp_row_from_two_guests() {
+        let out = run(
+            "[sink] netbench: ip 10.0.0.1/24\n[source] bench udp_tx packets=1000 ns=2000000\n\
+             [sink] bench udp_rx packets=500 ns=1000000\n[source] bench frames tx=1003 rx=2\n\
+             [sink] bench frames tx=2 rx=503\n",
+            "stats for domain sink: 300 exits\nstats for domain source: 200 exits\n",
+        );
+        let base = run(
+            "",
+            "stats for domain sink: 100 exits\nstats for domain source: 100 exits\n",
+        );
+        let r = measure(Link::Pv, Test::Udp, &out, &base).unwrap();
+        assert_eq!(r.value, 500_000.0);
+        assert_eq!(r.frames, 1510);
+        assert_eq!(r.exits, 300);
+        assert!(r
+            .detail
+            .starts_with("500 of 1000 received; sent at 500000 pkt/s"));
+        // A missing value is an error, not a zero.
+        assert!(measure(Link::Pv, Test::Tcp, &out, &base).is_err());
+    }
+
+    #[test]
+    fn tap_rows_read_the_host_sink() {
+        let mut out = run(
+            "bench tcp_tx bytes=4096 ns=10\nbench frames tx=5 rx=3\n",
+            "stats for domain source: 50 exits\n",
+        );
+        out.bench.insert(
+            "host".into(),
+            parse_bench(&["bench tcp_rx bytes=2000000 ns=1000000".to_string()]),
+        );
+        let base = run("", "stats for domain source: 10 exits\n");
+        let r = measure(Link::PvTap, Test::Tcp, &out, &base).unwrap();
+        assert_eq!(r.value, 2000.0);
+        assert_eq!(r.frames, 8);
+        assert_eq!(r.exits, 40);
+        let csv = to_csv(&[r]);
+        assert!(csv
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("pv-tap,tcp,2000.0,MB/s,8,40,5.0000"));
+    }
 }
