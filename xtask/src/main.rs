@@ -570,29 +570,50 @@ fn parse_summary(line: &str) -> Option<(u64, u64)> {
     Some((passed, failed))
 }
 
-/// Runs the conformance suite as `examples/conformance.toml` describes it (the suite and its
-/// peer domain); requires the suite's `N passed, 0 failed` line and exit code 0.
+/// Runs the three conformance suites: the ABI's (`examples/conformance.toml`, the suite and
+/// its peer domain), the block protocol's and the net protocol's; each must print its
+/// `N passed, 0 failed` line and end with exit code 0.
 fn conformance() -> Result<()> {
-    let file = example_copy("conformance.toml")?;
+    config_suite("conformance", "conformance", "conformance")?;
+    block_conformance()?;
+    // The `netconformance` guest, a hostile vif frontend, against the hv's backend, with its
+    // peer domain on the same switch.
+    config_suite("netconformance", "netconformance", "net conformance")
+}
+
+/// Runs `examples/<example>.toml` and checks the summary line of its domain `domain`.
+fn config_suite(example: &str, domain: &str, label: &str) -> Result<()> {
+    let file = example_copy(&format!("{example}.toml"))?;
     let (status, lines) = capture(hv_config_command(&file, &[])?, true)?;
     let _ = std::fs::remove_file(&file);
+    let prefix = format!("[{domain}] ");
     let summary = lines
         .iter()
         .rev()
-        .find_map(|l| parse_summary(l.strip_prefix("[conformance] ")?));
+        .find_map(|l| parse_summary(l.strip_prefix(prefix.as_str())?));
+    check_summary(label, domain, summary, status)
+}
+
+/// The verdict on a suite from its summary line and hv's exit status.
+fn check_summary(
+    label: &str,
+    guest: &str,
+    summary: Option<(u64, u64)>,
+    status: ExitStatus,
+) -> Result<()> {
     match summary {
         None => Err(format!(
-            "the conformance guest printed no `N passed, M failed` line ({})",
+            "the {guest} guest printed no `N passed, M failed` line ({})",
             describe_status(status)
         )),
-        Some((_, failed)) if failed > 0 => Err(format!("conformance: {failed} case(s) failed")),
+        Some((_, failed)) if failed > 0 => Err(format!("{label}: {failed} case(s) failed")),
         Some(_) if !status.success() => Err(format!(
-            "conformance: all cases passed but hv ended with {}",
+            "{label}: all cases passed but hv ended with {}",
             describe_status(status)
         )),
         Some((passed, _)) => {
-            eprintln!("xtask: conformance: {passed} passed, 0 failed");
-            block_conformance()
+            eprintln!("xtask: {label}: {passed} passed, 0 failed");
+            Ok(())
         }
     }
 }
@@ -630,50 +651,8 @@ fn block_conformance() -> Result<()> {
         format!("{},readonly", ro.display()).into(),
     ];
     let (status, lines) = run_hv_captured(&guest_path("blkconformance")?, &args, true)?;
-    match lines.iter().rev().find_map(|l| parse_summary(l)) {
-        None => Err(format!(
-            "the blkconformance guest printed no `N passed, M failed` line ({})",
-            describe_status(status)
-        )),
-        Some((_, failed)) if failed > 0 => {
-            Err(format!("block conformance: {failed} case(s) failed"))
-        }
-        Some(_) if !status.success() => Err(format!(
-            "block conformance: all cases passed but hv ended with {}",
-            describe_status(status)
-        )),
-        Some((passed, _)) => {
-            eprintln!("xtask: block conformance: {passed} passed, 0 failed");
-            net_conformance()
-        }
-    }
-}
-
-/// The net protocol's cases: the `netconformance` guest, a hostile vif frontend, against the
-/// hv's backend, with its peer domain on the same switch (`examples/netconformance.toml`).
-fn net_conformance() -> Result<()> {
-    let file = example_copy("netconformance.toml")?;
-    let (status, lines) = capture(hv_config_command(&file, &[])?, true)?;
-    let _ = std::fs::remove_file(&file);
-    let summary = lines
-        .iter()
-        .rev()
-        .find_map(|l| parse_summary(l.strip_prefix("[netconformance] ")?));
-    match summary {
-        None => Err(format!(
-            "the netconformance guest printed no `netconf: N passed, M failed` line ({})",
-            describe_status(status)
-        )),
-        Some((_, failed)) if failed > 0 => Err(format!("net conformance: {failed} case(s) failed")),
-        Some(_) if !status.success() => Err(format!(
-            "net conformance: all cases passed but hv ended with {}",
-            describe_status(status)
-        )),
-        Some((passed, _)) => {
-            eprintln!("xtask: net conformance: {passed} passed, 0 failed");
-            Ok(())
-        }
-    }
+    let summary = lines.iter().rev().find_map(|l| parse_summary(l));
+    check_summary("block conformance", "blkconformance", summary, status)
 }
 
 /// `bench NAME k=v ...` and `bench k=v` lines, as name -> key -> value (`bench k=v` is
