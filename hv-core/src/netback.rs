@@ -147,15 +147,19 @@ impl Switches {
     }
 
     /// Adds a port to switch `name` (creating the switch if needed) whose frames go to
-    /// `queue`.
-    pub fn attach(&self, name: &str, queue: Arc<VifQueue>) -> PortId {
+    /// `queue`; with `mac`, the port owns that address and may send from no other (see
+    /// [`Switch::add_pinned_port`]).
+    pub fn attach(&self, name: &str, queue: Arc<VifQueue>, mac: Option<Mac>) -> PortId {
         let mut hubs = self.lock();
         let hub = hubs.entry(name.to_string()).or_insert_with(|| SwitchHub {
             switch: Switch::default(),
             ports: BTreeMap::new(),
             scratch: Vec::new(),
         });
-        let port = hub.switch.add_port();
+        let port = match mac {
+            Some(mac) => hub.switch.add_pinned_port(mac),
+            None => hub.switch.add_port(),
+        };
         hub.ports.insert(port, queue);
         port
     }
@@ -246,17 +250,19 @@ enum Link {
 }
 
 impl Link {
-    /// Attaches a vif whose frames are queued on `queue` to `uplink`.
+    /// Attaches a vif whose frames are queued on `queue` to `uplink`; on a switch, its port
+    /// owns `mac` (the address the hv gave the vif).
     fn attach(
         reg: &Registry,
         uplink: &Uplink,
         queue: &Arc<VifQueue>,
+        mac: Mac,
         thread_name: String,
     ) -> Result<Link, String> {
         Ok(match uplink {
             Uplink::Switch(name) => Link::Switch {
                 name: name.clone(),
-                port: reg.switches().attach(name, Arc::clone(queue)),
+                port: reg.switches().attach(name, Arc::clone(queue), Some(mac)),
             },
             Uplink::Tap(tap) => {
                 let q = Arc::clone(queue);
@@ -423,7 +429,13 @@ fn serve(
         match connect(&dom, &reg, &dev, &front) {
             Ok((backend, rings)) => {
                 let thread_name = format!("{}-vif{n}-tap", dom.name);
-                let link = match Link::attach(&reg, &dev.uplink, &queue, thread_name) {
+                let link = match Link::attach(
+                    &reg,
+                    &dev.uplink,
+                    &queue,
+                    mac_for(dom.id, n),
+                    thread_name,
+                ) {
                     Ok(l) => l,
                     Err(why) => {
                         eprintln!("hv: vif{n} of domain {}: cannot connect: {why}", dom.name);
@@ -490,7 +502,7 @@ mod tests {
     fn vif(sw: &Switches, name: &str) -> FakeVif {
         let signal = Arc::new(Signal::default());
         let queue = Arc::new(VifQueue::new(Arc::clone(&signal)));
-        let port = sw.attach(name, Arc::clone(&queue));
+        let port = sw.attach(name, Arc::clone(&queue), None);
         FakeVif {
             signal,
             queue,

@@ -156,8 +156,9 @@ pub fn start_domain(
         bus.add(Box::new(ata)).map_err(dev_err)?;
     }
     if let Some(switch) = &cfg.emulated_net {
-        let uplink = crate::devices::SwitchUplink::attach(Arc::clone(registry), switch);
-        let card = crate::devices::Ne2k::new(crate::devices::ne2k::mac_for(id), Box::new(uplink));
+        let mac = crate::devices::ne2k::mac_for(id);
+        let uplink = crate::devices::SwitchUplink::attach(Arc::clone(registry), switch, mac);
+        let card = crate::devices::Ne2k::new(mac, Box::new(uplink));
         bus.add(Box::new(card)).map_err(dev_err)?;
     }
     let io_ports: Vec<u16> = [HYPERCALL_PORT, PING_PORT]

@@ -81,6 +81,8 @@ const KIND_BYE_ACK: u8 = 3;
 const HDR: usize = ETH_HLEN + 4 + 1 + 4;
 /// The tag of the frame in the hostile page: the peer reports any it receives.
 const HOSTILE_TAG: u32 = 0xdead_0bad;
+/// A source address no interface has (locally administered, unicast).
+const FORGED_MAC: Mac = [0x02, 0x66, 0x6f, 0x72, 0x67, 0x65];
 /// The node (in the peer's home) where the peer publishes its MAC once it is connected.
 const READY_KEY: &str = "netconf-mac";
 /// How long one step (a response, an echo, a state) may take.
@@ -839,6 +841,25 @@ static CASES: &[(&str, CaseFn)] = &[
         "a 1-byte frame is taken (status 0); the switch drops the runt",
         |c| {
             let s = c.hostile(0, 1);
+            c.tx_case(&[s], &[0])
+        },
+    ),
+    // Port security: the switch pins each vif to the MAC the hv gave it.
+    (
+        "a broadcast from a made-up source MAC is taken (status 0); the switch drops it",
+        |c| {
+            let f = test_frame([0xff; 6], FORGED_MAC, KIND_REQUEST, HOSTILE_TAG, 64);
+            c.put(2, 0, &f);
+            let s = slot(c.id(), 0, c.txg[2], 0, f.len());
+            c.tx_case(&[s], &[0])
+        },
+    ),
+    (
+        "a broadcast from the peer's own MAC is taken (status 0); the switch drops it",
+        |c| {
+            let f = test_frame([0xff; 6], c.peer_mac, KIND_REQUEST, HOSTILE_TAG, 64);
+            c.put(2, 0, &f);
+            let s = slot(c.id(), 0, c.txg[2], 0, f.len());
             c.tx_case(&[s], &[0])
         },
     ),

@@ -188,11 +188,14 @@ pub struct SwitchUplink {
 }
 
 impl SwitchUplink {
-    /// Attaches a new port to switch `switch` (creating it if needed).
-    pub fn attach(registry: Arc<Registry>, switch: &str) -> SwitchUplink {
+    /// Attaches a new port to switch `switch` (creating it if needed) that owns `mac`, the
+    /// card's address: frames the guest sends from another source address are dropped.
+    pub fn attach(registry: Arc<Registry>, switch: &str, mac: Mac) -> SwitchUplink {
         // Nobody waits on the signal: the card polls its queue on port accesses.
         let queue = Arc::new(VifQueue::new(Arc::new(Signal::default())));
-        let port = registry.switches().attach(switch, Arc::clone(&queue));
+        let port = registry
+            .switches()
+            .attach(switch, Arc::clone(&queue), Some(mac));
         SwitchUplink {
             registry,
             switch: switch.to_string(),

@@ -518,8 +518,8 @@ fn the_bus_routes_all_32_ports_and_string_io() {
 fn a_switch_uplink_joins_the_switch_until_dropped() {
     let reg = Registry::new();
     let peer = Arc::new(VifQueue::new(Arc::new(Signal::default())));
-    let peer_port = reg.switches().attach("lan", Arc::clone(&peer));
-    let up = SwitchUplink::attach(Arc::clone(&reg), "lan");
+    let peer_port = reg.switches().attach("lan", Arc::clone(&peer), None);
+    let up = SwitchUplink::attach(Arc::clone(&reg), "lan", MAC);
     assert_eq!(reg.switches().port_count("lan"), 2);
     let mut card = Ne2k::new(MAC, Box::new(up));
     let mut d = Drv {

@@ -20,7 +20,13 @@
 //!   (the destination is on the sender's own segment): then it is dropped.
 //! - A frame is never sent back to its source port.
 //! - Nothing ages: an address stays learned until its port is removed or it is seen behind
-//!   another port. There is no port security: a port may claim any address.
+//!   another port.
+//! - Port security: a port added with [`Switch::add_pinned_port`] owns its address. Its
+//!   address is in the table from the start (whatever the capacity) and never moves; a frame
+//!   from that port with another source address, or from any other port with that source
+//!   address, is dropped ([`DropReason::Spoofed`]). The hv pins every port it makes for a
+//!   domain to the MAC address it gave the domain, so no domain can take another's traffic or
+//!   fill the table. A port added with [`Switch::add_port`] may claim any address.
 
 use std::collections::{BTreeSet, HashMap};
 use std::vec::Vec;
@@ -59,6 +65,8 @@ pub enum DropReason {
     BadSource,
     /// The destination was learned on the source port.
     Local,
+    /// The source address is not the pinned port's own, or is another pinned port's.
+    Spoofed,
 }
 
 /// A learning Ethernet switch. See the [module documentation](self) for its rules.
@@ -68,6 +76,8 @@ pub struct Switch {
     next: u64,
     table: HashMap<Mac, PortId>,
     capacity: usize,
+    /// Pinned ports and their addresses.
+    pins: HashMap<PortId, Mac>,
 }
 
 impl Default for Switch {
@@ -88,15 +98,31 @@ impl Switch {
             next: 0,
             table: HashMap::new(),
             capacity,
+            pins: HashMap::new(),
         }
     }
 
-    /// Adds a port.
+    /// Adds a port that may send from any address.
     pub fn add_port(&mut self) -> PortId {
         let id = PortId(self.next);
         self.next += 1;
         self.ports.insert(id);
         id
+    }
+
+    /// Adds a port that owns `mac` (see Port security in the [module
+    /// documentation](self)). If another port owned `mac`, this one takes it over.
+    pub fn add_pinned_port(&mut self, mac: Mac) -> PortId {
+        let id = self.add_port();
+        self.pins.retain(|_, m| *m != mac);
+        self.pins.insert(id, mac);
+        self.table.insert(mac, id);
+        id
+    }
+
+    /// The port that owns `mac`, if one does.
+    fn owner(&self, mac: &Mac) -> Option<PortId> {
+        self.pins.iter().find_map(|(p, m)| (m == mac).then_some(*p))
     }
 
     /// Removes a port and forgets the addresses learned on it; `false` if it did not exist.
@@ -105,6 +131,7 @@ impl Switch {
             return false;
         }
         self.table.retain(|_, p| *p != port);
+        self.pins.remove(&port);
         true
     }
 
@@ -139,6 +166,13 @@ impl Switch {
         src.copy_from_slice(&header[MAC_LEN..2 * MAC_LEN]);
         if is_group(&src) || src == [0; MAC_LEN] {
             return Verdict::Dropped(DropReason::BadSource);
+        }
+        let spoofed = match self.pins.get(&from) {
+            Some(own) => *own != src,
+            None => self.owner(&src).is_some(),
+        };
+        if spoofed {
+            return Verdict::Dropped(DropReason::Spoofed);
         }
         self.learn(src, from);
         if !is_group(&dst) {
@@ -294,5 +328,39 @@ mod tests {
         assert_eq!(sw.lookup(&[2, 0, 0, 0, 1, 0]), Some(p1));
         assert_eq!(fwd(&mut sw, p1, &frame(C, B)), (Verdict::Flood, vec![p0]));
         assert_eq!(sw.lookup(&B), None);
+    }
+
+    #[test]
+    fn pinned_ports_own_their_address() {
+        let mut sw = Switch::new(1);
+        let (a, b, free) = (sw.add_pinned_port(A), sw.add_pinned_port(B), sw.add_port());
+        // Both pinned addresses are known before any frame, whatever the capacity.
+        assert_eq!((sw.lookup(&A), sw.lookup(&B)), (Some(a), Some(b)));
+        assert_eq!(
+            fwd(&mut sw, a, &frame(B, A)),
+            (Verdict::Unicast(b), vec![b])
+        );
+        // A pinned port cannot send from another address, known or not...
+        for src in [C, B] {
+            assert_eq!(
+                fwd(&mut sw, a, &frame(BCAST, src)),
+                (Verdict::Dropped(DropReason::Spoofed), vec![])
+            );
+        }
+        // ...and no port can send from a pinned port's address, so it never moves.
+        assert_eq!(
+            fwd(&mut sw, free, &frame(BCAST, A)).0,
+            Verdict::Dropped(DropReason::Spoofed)
+        );
+        assert_eq!(sw.lookup(&A), Some(a));
+        assert_eq!(fwd(&mut sw, b, &frame(A, B)).0, Verdict::Unicast(a));
+        // An unpinned port may send from any other address; the pinned ones fill this
+        // table, so C is not learned.
+        assert_eq!(fwd(&mut sw, free, &frame(A, C)).0, Verdict::Unicast(a));
+        assert_eq!(sw.lookup(&C), None);
+        // Removing the pinned port frees its address.
+        assert!(sw.remove_port(a));
+        assert_eq!(sw.lookup(&A), None);
+        assert_eq!(fwd(&mut sw, free, &frame(BCAST, A)).0, Verdict::Flood);
     }
 }
