@@ -174,6 +174,25 @@ fn serve(
             Ok((ring, port, ring_hold)) => {
                 let host = HvHost::new(Arc::clone(&dom), Arc::clone(&reg), port);
                 let mut b = BlkBackend::new(ring, probe.disk, features, host);
+                let counters = b.counters();
+                dom.stats.add_device(
+                    format!("vbd/{n}"),
+                    Box::new(move || {
+                        let s = counters.snapshot();
+                        format!(
+                            "{} requests ({} reads {} bytes, {} writes {} bytes, {} flushes, \
+                             {} discards), {} failed",
+                            s.requests,
+                            s.reads,
+                            s.bytes_read,
+                            s.writes,
+                            s.bytes_written,
+                            s.flushes,
+                            s.discards,
+                            s.errors
+                        )
+                    }),
+                );
                 store_write(&reg, &back_state, Value::State(DeviceState::Connected));
                 let broken = b.process().is_err();
                 backend = Some((b, ring_hold));

@@ -83,7 +83,8 @@ enum Command {
         /// comparisons) on the in-hv switch NAME, `switch:NAME`.
         #[arg(long, value_name = "switch:NAME")]
         emulated_net: Option<String>,
-        /// Print exits by reason and hypercalls by number when each domain stops (to stderr).
+        /// Print exits by reason, hypercalls by number and device counters when each domain stops
+        /// (to stderr).
         #[arg(long)]
         stats: bool,
     },

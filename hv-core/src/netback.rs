@@ -290,6 +290,50 @@ impl Link {
     }
 }
 
+/// Adds vif `n`'s counters (and its TAP's) to the domain's `--stats` report.
+fn report_counters(
+    dom: &Domain,
+    n: u32,
+    backend: &NetBackend<HvHost>,
+    link: &Link,
+    queue: &Arc<VifQueue>,
+) {
+    let counters = backend.counters();
+    let queue = Arc::clone(queue);
+    let tap = match link {
+        Link::Tap { tap, .. } => Some(Arc::clone(tap)),
+        Link::Switch { .. } => None,
+    };
+    dom.stats.add_device(
+        format!("vif/{n}"),
+        Box::new(move || {
+            let s = counters.snapshot();
+            let mut line = format!(
+                "tx {} frames {} bytes, {} refused; rx {} frames {} bytes, {} dropped \
+                 (no buffer or too large), {} bad buffers, {} dropped before the ring",
+                s.tx_packets,
+                s.tx_bytes,
+                s.tx_errors,
+                s.rx_packets,
+                s.rx_bytes,
+                s.rx_dropped,
+                s.rx_errors,
+                queue.dropped()
+            );
+            if let Some(t) = &tap {
+                line += &format!(
+                    "; tap {}: {} frames out, {} failed, {} in",
+                    t.name(),
+                    t.tx_frames(),
+                    t.tx_errors(),
+                    t.rx_frames()
+                );
+            }
+            line
+        }),
+    );
+}
+
 /// A connected vif: its backend, its attachment to its uplink, and the holds on its two ring
 /// pages (dropped after the backend).
 struct Connected {
@@ -443,6 +487,7 @@ fn serve(
                         break;
                     }
                 };
+                report_counters(&dom, n, &backend, &link, &queue);
                 store_write(&reg, &back_state, Value::State(DeviceState::Connected));
                 let c = conn.insert(Connected {
                     backend,

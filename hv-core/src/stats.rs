@@ -1,7 +1,9 @@
-//! Per-domain counters: exits by reason and hypercalls by number (`hv --stats`).
+//! Per-domain counters: exits by reason, hypercalls by number, and the counters of the
+//! domain's paravirtual devices (`hv --stats`).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use hypercall_abi::hypercall;
 
@@ -62,12 +64,31 @@ impl ExitReason {
 
 const NR_HC: usize = hypercall::COUNT as usize + 1;
 
+/// Describes a device's counters in one line (for [`Stats::report`]).
+pub type DeviceReport = Box<dyn Fn() -> String + Send + Sync>;
+
+/// The devices whose counters a report shows, in the order they were added.
+#[derive(Default)]
+struct Devices(Mutex<Vec<(String, DeviceReport)>>);
+
+impl fmt::Debug for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .lock()
+            .map(|d| d.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        f.debug_tuple("Devices").field(&names).finish()
+    }
+}
+
 /// The counters of one domain.
 #[derive(Debug, Default)]
 pub struct Stats {
     exits: [AtomicU64; ExitReason::ALL.len()],
     hypercalls: [AtomicU64; NR_HC],
     injections: AtomicU64,
+    devices: Devices,
 }
 
 impl Stats {
@@ -92,12 +113,22 @@ impl Stats {
         self.injections.fetch_add(1, Relaxed);
     }
 
+    /// Adds device `name` (e.g. `vif/0`) to the reports: `report` describes its counters.
+    pub fn add_device(&self, name: String, report: DeviceReport) {
+        self.devices
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, report));
+    }
+
     /// Exits of one reason so far.
     pub fn exits(&self, r: ExitReason) -> u64 {
         self.exits[r as usize].load(Relaxed)
     }
 
-    /// A report: exits by reason, hypercalls by number, upcalls injected.
+    /// A report: exits by reason, hypercalls by number, upcalls injected, then one line per
+    /// device.
     pub fn report(&self, domain: &str) -> String {
         let mut s = String::new();
         let total: u64 = ExitReason::ALL.iter().map(|&r| self.exits(r)).sum();
@@ -124,6 +155,15 @@ impl Stats {
             "  upcalls injected {:>14}",
             self.injections.load(Relaxed)
         );
+        for (name, report) in self
+            .devices
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(s, "  device {name}: {}", report());
+        }
         s
     }
 }

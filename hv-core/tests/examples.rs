@@ -11,7 +11,7 @@
 //! unless `HV_REQUIRE_KVM=1`, which turns a skip into a failure.
 
 mod support;
-use support::{config, failures, hv_config, summary};
+use support::{config, failures, hv_config, hv_config_with, summary};
 
 #[test]
 fn attacker_cannot_reach_the_victims_memory() {
@@ -64,8 +64,24 @@ fn two_guests_ping_and_talk_tcp_over_the_switch() {
     let Some(file) = config("netdemo.toml", "netdemo") else {
         return;
     };
-    let r = hv_config(&file);
+    let r = hv_config_with(&file, &["--stats"]);
     assert_eq!(r.code, 0, "both domains power off with 0");
+    // `--stats` shows each domain's vif counters: frames both ways, nothing refused or lost.
+    let vifs: Vec<(u64, u64)> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("device vif/0: tx "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert!(l.contains(", 0 refused;"), "{l}");
+            assert!(l.contains(", 0 dropped (no buffer"), "{l}");
+            (w[0].parse().unwrap(), w[7].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(vifs.len(), 2, "one vif line per domain");
+    for (tx, rx) in &vifs {
+        assert!(*tx >= 5 && *rx >= 5, "frames both ways: {vifs:?}");
+    }
     let client = |needle: &str| {
         r.stdout
             .lines()

@@ -142,10 +142,16 @@ pub struct Run {
 /// Runs `hv run --config FILE` (and removes FILE), killing it after [`CONFIG_TIMEOUT`] (a
 /// hang fails the test).
 pub fn hv_config(file: &Path) -> Run {
+    hv_config_with(file, &[])
+}
+
+/// [`hv_config`] with more `hv run` arguments.
+pub fn hv_config_with(file: &Path, args: &[&str]) -> Run {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_hv"))
         .arg("run")
         .arg("--config")
         .arg(file)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
