@@ -190,6 +190,7 @@ struct Opts {
     packets: u64,
     size: usize,
     count: u64,
+    /// When the run fails (system time, ns).
     deadline: u64,
 }
 
@@ -232,6 +233,7 @@ fn main(si: &StartInfo) {
     let mut role = None;
     let mut test = None;
     let mut nic = Card::Pv;
+    let mut timeout_s = 120;
     let mut o = Opts {
         test: Test::None,
         ip: Ipv4Address::new(10, 0, 0, 1),
@@ -240,7 +242,7 @@ fn main(si: &StartInfo) {
         packets: 20_000,
         size: 64,
         count: 1000,
-        deadline: 120,
+        deadline: 0,
     };
     for word in si.cmdline().split_whitespace() {
         match word.split_once('=') {
@@ -263,7 +265,7 @@ fn main(si: &StartInfo) {
             Some(("packets", v)) => o.packets = parse_num("packets", v),
             Some(("size", v)) => o.size = parse_num("size", v) as usize,
             Some(("count", v)) => o.count = parse_num("count", v),
-            Some(("timeout", v)) => o.deadline = parse_num("timeout", v),
+            Some(("timeout", v)) => timeout_s = parse_num("timeout", v),
             _ => fail(format_args!("unknown option {word:?}")),
         }
     }
@@ -271,7 +273,7 @@ fn main(si: &StartInfo) {
     if !(8..=1472).contains(&o.size) {
         fail(format_args!("size must be 8 to 1472"));
     }
-    o.deadline = time::monotonic_ns() + o.deadline * NS_PER_SEC;
+    o.deadline = time::monotonic_ns().saturating_add(timeout_s.saturating_mul(NS_PER_SEC));
     match (role, nic) {
         (Some("sink"), Card::Pv) => sink::<NetDevice>(&o),
         (Some("source"), Card::Pv) => source::<NetDevice>(&o),
